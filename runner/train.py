@@ -1,0 +1,202 @@
+"""One run: validate -> build data, model, method -> the method's stages -> summary.json.
+
+Everything a method should not have to think about lives here: devices, precision, logging,
+checkpoints, resume, progress, seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from runner.config import META_FILE, latest_checkpoint, validate
+from runner.errors import ConfigError
+
+log = logging.getLogger("methodbench")
+
+
+def _hydra_info() -> tuple[Path, str, str | None]:
+    """(run dir, identity, sweep group) from Hydra's runtime config."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir).resolve()
+    group = Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None
+    return run_dir, hc.job.override_dirname, group
+
+
+def _load_meta(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / META_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _progress_callbacks(cfg: DictConfig):
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    from runner.callbacks import LineProgress
+
+    want = cfg.trainer.enable_progress_bar
+    if want is False:
+        return []
+    tty = sys.stdout.isatty() and not os.environ.get("CI")
+    if want == "auto" and not tty:
+        return [LineProgress(cfg.trainer.log_every_n_steps)]
+    return [RichProgressBar(leave=True)]
+
+
+def _strategy(hw: DictConfig, model):
+    if hw.strategy != "fsdp":
+        return hw.strategy
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    layer_cls = {type(layer) for layer in model.get_decoder().layers}
+    return FSDPStrategy(auto_wrap_policy=layer_cls, sharding_strategy=hw.fsdp.sharding_strategy,
+                        activation_checkpointing_policy=layer_cls if hw.fsdp.activation_checkpointing else None)
+
+
+_QUIET = (r".*weights_only.*", r".*LeafSpec.*", r".*does not have many workers.*", r".*srun.*",
+          r".*predict_dataloader.*", r".*_pytree.*")
+
+
+def run(cfg: DictConfig) -> dict:
+    for pattern in _QUIET:  # Lightning's advice that does not apply to this runner
+        warnings.filterwarnings("ignore", message=pattern)
+    validate(cfg)
+    run_dir, identity, sweep_group = _hydra_info()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.dry_run:
+        from runner.dryrun import plan
+
+        return plan(cfg, run_dir)
+
+    import lightning.pytorch as pl
+    import torch
+    from hydra.utils import instantiate
+
+    from methods.base import MethodModule
+    from runner import loggers
+    from runner.callbacks import AtomicCheckpointIO, Throughput
+    from runner.data import build_data, make_loaders
+    from runner.models import build_model, count_params, model_vocab_size
+
+    hw, tr = cfg.hardware, cfg.trainer
+    if hw.threads:
+        torch.set_num_threads(int(hw.threads))
+    torch.set_float32_matmul_precision(hw.matmul_precision)
+
+    # -- resume: the run directory is the old one (hydra.run.dir); find its checkpoint -----------------
+    meta = _load_meta(run_dir)
+    ckpt = latest_checkpoint(run_dir) if cfg.resume else None
+    if cfg.resume and cfg.resume != "auto" and ckpt is None:
+        raise ConfigError(f"resume: no checkpoint in {run_dir}/checkpoints (nothing to resume)")
+    if ckpt is not None:
+        log.info("resuming from %s", ckpt)
+    run_id = meta.get("wandb_id") if ckpt is not None else None
+    run_id = run_id or uuid.uuid4().hex[:8]
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    _write_json(run_dir / META_FILE, {"identity": identity, "wandb_id": run_id, "run_name": cfg.run_name,
+                                      "status": "running", "resumed_from": str(ckpt) if ckpt else None})
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    t_start = time.perf_counter()
+
+    # -- build -------------------------------------------------------------------------------
+    method = instantiate(cfg.method, _convert_="all")
+    data = build_data(cfg.dataset, cfg.model.seq_len, cfg.paths.cache_dir)
+    if "prepare_data" in method.stages:
+        data = method.prepare_data(data)
+    vocab = model_vocab_size(cfg.model, data.vocab_size)
+    model = build_model(cfg.model, vocab)
+    if "prepare_model" in method.stages:
+        model = method.prepare_model(model)
+    n_params = count_params(model)
+    data.tokenizer.save_pretrained(str(run_dir / "tokenizer"))
+    unigram = data.unigram_ppl()
+    log.info("model %s: %.2fM parameters | data: %d train / %d val tokens | unigram val ppl %.1f",
+             cfg.model.name, n_params / 1e6, len(data.train), len(data.val), unigram)
+
+    module_cls = method.module_class or MethodModule
+    module = module_cls(model, method, dict(hw.kernels), hw.kernel_fallback)
+    micro_total = tr.max_steps * tr.accumulate_grad_batches
+    logger = loggers.make_logger(cfg.logger, run_dir, cfg.run_name, run_id, sweep_group, resolved)
+    throughput = Throughput(tr.log_every_n_steps)
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    progress = _progress_callbacks(cfg)
+    ckpt_cb = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step:06d}", auto_insert_metric_name=False,
+                              every_n_train_steps=tr.checkpoint_every_n_steps, save_top_k=tr.keep_checkpoints,
+                              monitor="step", mode="max", save_last="link")
+    trainer = pl.Trainer(
+        accelerator=hw.accelerator, devices=hw.devices, num_nodes=hw.num_nodes, precision=hw.precision,
+        strategy=_strategy(hw, model), max_steps=tr.max_steps, max_epochs=-1,
+        val_check_interval=tr.val_every_n_steps * tr.accumulate_grad_batches, check_val_every_n_epoch=None,
+        limit_val_batches=1.0, log_every_n_steps=tr.log_every_n_steps, gradient_clip_val=tr.grad_clip,
+        accumulate_grad_batches=tr.accumulate_grad_batches, deterministic=tr.deterministic,
+        logger=logger, callbacks=[throughput, ckpt_cb, *progress],
+        enable_progress_bar=any(type(c).__name__ == "RichProgressBar" for c in progress),
+        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=str(run_dir),
+        use_distributed_sampler=False, plugins=[AtomicCheckpointIO()],
+    )
+    if hw.compile:
+        module.model = torch.compile(module.model)
+    train_dl, val_dl = make_loaders(data, cfg.dataset.batch_size, micro_total, cfg.seed,
+                                    start=lambda: module.micro_batches_seen, rank=trainer.global_rank,
+                                    world=trainer.world_size, val_batches=tr.val_batches,
+                                    num_workers=cfg.dataset.num_workers)
+
+    # -- stages ------------------------------------------------------------------------------
+    if method.trains and tr.max_steps > 0:
+        trainer.fit(module, train_dataloaders=train_dl, val_dataloaders=val_dl,
+                    ckpt_path=str(ckpt) if ckpt else None)
+        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    if "compress" in method.stages:
+        module.model = method.compress(module.model, data)
+    if "compress" in method.stages or module.last_val_step != trainer.global_step:
+        trainer.validate(module, dataloaders=val_dl, verbose=False)
+    val_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    extra = method.evaluate(module.model, data) if "evaluate" in method.stages else {}
+
+    summary = {
+        "train/loss": module.last_train_loss,
+        "val/loss": float(val_metrics["val/loss"]),
+        "val/ppl": float(val_metrics["val/ppl"]),
+        "val/unigram_ppl": unigram,
+        "params": n_params,
+        "tokens_seen": module.tokens_seen,
+        "tokens_per_s": throughput.tokens_per_s,
+        "steps": trainer.global_step,
+        "wall_s": time.perf_counter() - t_start,
+        "stages": method.stages,
+        **{f"eval/{k}": v for k, v in extra.items()},
+    }
+    if extra and logger:
+        logger.log_metrics({f"eval/{k}": v for k, v in extra.items()}, step=trainer.global_step)
+    summary = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in summary.items()}
+    if trainer.is_global_zero:
+        _write_json(run_dir / "summary.json", {**summary, "run_dir": str(run_dir), "wandb_id": run_id,
+                                               "config": resolved})
+        _write_json(run_dir / META_FILE, {**_load_meta(run_dir), "status": "finished"})
+        log.info("done: val/loss %.4f  val/ppl %.2f (unigram %.1f)  %.0f tok/s  -> %s", summary["val/loss"],
+                 summary["val/ppl"], unigram, summary["tokens_per_s"], run_dir / "summary.json")
+    loggers.finish(logger, summary)
+    return summary
