@@ -1,0 +1,45 @@
+"""Shared test set-up: one corpus/tokenizer cache for the whole session (and its subprocesses), tiny
+model overrides, and a helper that runs the real `python -m runner` in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+os.environ.setdefault("METHODBENCH_CACHE", str(REPO / ".cache" / "methodbench"))
+os.environ.setdefault("WANDB_SILENT", "true")
+
+# A model small enough that a few dozen steps take seconds on 2 cores.
+TINY = ["model.hidden_size=64", "model.intermediate_size=128", "model.num_layers=2", "model.num_heads=2",
+        "model.seq_len=64", "dataset.batch_size=8", "trainer.val_batches=2", "hardware.threads=1"]
+
+
+def run_cli(*args: str, runs_dir: Path, check: bool = True, timeout: float = 600, env: dict | None = None):
+    """`python -m runner <args> paths.runs_dir=<runs_dir>`; returns CompletedProcess (text)."""
+    cmd = [sys.executable, "-m", "runner", *args, f"paths.runs_dir={runs_dir}"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "CI": "1", **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} -> {proc.returncode}\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def run_dirs(runs_dir: Path) -> list[Path]:
+    """Run directories (those with a meta.json) under runs_dir, oldest first."""
+    return sorted((p.parent for p in Path(runs_dir).glob("*/*/meta.json")), key=lambda p: p.stat().st_mtime)
+
+
+@pytest.fixture(scope="session")
+def token_data():
+    """The embedded corpus and its tokenizer, built once (cached on disk across sessions)."""
+    from omegaconf import OmegaConf
+
+    from runner.data import build_data
+
+    cfg = OmegaConf.load(REPO / "configs" / "dataset" / "stdlib-docs.yaml")
+    return build_data(cfg, seq_len=64, cache_dir=os.environ["METHODBENCH_CACHE"])
