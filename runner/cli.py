@@ -50,12 +50,22 @@ def _hydra_message(e: Exception) -> str:
     return " ".join(msg.split())
 
 
+def _dotted_keys(d, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in d.items():
+        out.append(f"{prefix}{k}")
+        if isinstance(v, dict):
+            out += _dotted_keys(v, f"{prefix}{k}.")
+    return out
+
+
 def preflight(overrides: list[str]) -> None:
     """Compose the job config from `overrides` and validate it; raise ConfigError on any problem."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
+    from omegaconf import OmegaConf
 
     from runner.config import CONFIG_DIR, GROUPS, group_options, register_resolvers, validate
 
@@ -82,14 +92,25 @@ def preflight(overrides: list[str]) -> None:
         compose_overrides.append(raw)
     if problems:
         raise ConfigError(problems)
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR), job_name="methodbench"):
-            cfg = compose(config_name="config", overrides=compose_overrides)
-    except HydraException as e:
-        raise ConfigError(_hydra_message(e)) from e
-    finally:
+    cfg = None
+    while cfg is None:  # drop unknown keys one by one so that all of them are reported at once
         GlobalHydra.instance().clear()
+        try:
+            with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR), job_name="methodbench"):
+                cfg = compose(config_name="config", overrides=compose_overrides)
+        except HydraException as e:
+            m = re.search(r"Could not override '([^']+)'", str(e))
+            bad = [o for o in compose_overrides if m and o.split("=", 1)[0].lstrip("~+") == m.group(1)]
+            if not bad:
+                raise ConfigError(problems + [_hydra_message(e)]) from e
+            compose_overrides.remove(bad[0])
+            problems.append(m.group(1))
+        finally:
+            GlobalHydra.instance().clear()
+    if problems:
+        known = sorted(_dotted_keys(OmegaConf.to_container(cfg, resolve=False)))
+        raise ConfigError([f"{k}: unknown key; {choices_hint(k, known).split('choose one of')[0]}"
+                           f"a new key needs a leading +, as in +{k}=..." for k in problems])
     if not sweeping:  # sweep jobs are validated one by one when they start
         validate(cfg)
 

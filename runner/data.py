@@ -188,12 +188,13 @@ class TokenData:
         idx = np.arange(n)[:, None] * L + np.arange(L + 1)[None, :]
         return torch.from_numpy(tokens[idx].astype(np.int64))
 
-    def unigram_ppl(self) -> float:
-        """Perplexity on val of the add-one-smoothed unigram distribution of train: the floor to beat."""
-        counts = np.bincount(self.train.astype(np.int64), minlength=self.vocab_size).astype(np.float64) + 1.0
+    def unigram_ppl(self, targets: torch.Tensor | np.ndarray | None = None) -> float:
+        """Perplexity of the add-one-smoothed unigram distribution of train on `targets` (default: every
+        val token after the first): the floor a language model has to beat on the same tokens."""
+        counts = np.bincount(np.asarray(self.train, dtype=np.int64), minlength=self.vocab_size).astype(np.float64) + 1.0
         logp = np.log(counts / counts.sum())
-        targets = self.val[1:].astype(np.int64)  # the same targets the model is scored on
-        return float(np.exp(-logp[targets].mean()))
+        t = np.asarray(self.val[1:] if targets is None else targets, dtype=np.int64).reshape(-1)
+        return float(np.exp(-logp[t].mean()))
 
 
 def build_data(d: DictConfig, seq_len: int, cache_dir: str) -> TokenData:
@@ -279,3 +280,8 @@ def make_loaders(data: TokenData, batch_size: int, total_micro_batches: int, see
     val_dl = torch.utils.data.DataLoader(BlockDataset(val_blocks), batch_size=batch_size, shuffle=False,
                                          generator=torch.Generator().manual_seed(seed))
     return train_dl, val_dl
+
+
+def eval_targets(val_dl) -> torch.Tensor:
+    """The tokens validation scores (every block's targets), e.g. for the unigram baseline."""
+    return val_dl.dataset.blocks[:, 1:]

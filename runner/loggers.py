@@ -79,7 +79,7 @@ def read_offline_run(run_dir: str | os.PathLike) -> dict[str, Any]:
     from wandb.proto import wandb_internal_pb2
 
     files = sorted(Path(run_dir).glob("wandb/offline-run-*/run-*.wandb"))
-    out: dict[str, Any] = {"id": None, "config": {}, "history": [], "summary": {}, "segments": len(files)}
+    out: dict[str, Any] = {"id": None, "group": None, "config": {}, "history": [], "summary": {}, "segments": len(files)}
     for f in files:
         for data in _wandb_records(f):
             rec = wandb_internal_pb2.Record()
@@ -87,6 +87,7 @@ def read_offline_run(run_dir: str | os.PathLike) -> dict[str, Any]:
             kind = rec.WhichOneof("record_type")
             if kind == "run":
                 out["id"] = rec.run.run_id
+                out["group"] = rec.run.run_group or None
                 for item in rec.run.config.update:
                     out["config"][item.key] = json.loads(item.value_json)
             elif kind == "config":

@@ -95,7 +95,7 @@ def run(cfg: DictConfig) -> dict:
     from methods.base import MethodModule
     from runner import loggers
     from runner.callbacks import AtomicCheckpointIO, Throughput
-    from runner.data import build_data, make_loaders
+    from runner.data import build_data, eval_targets, make_loaders
     from runner.models import build_model, count_params, model_vocab_size
 
     hw, tr = cfg.hardware, cfg.trainer
@@ -131,9 +131,8 @@ def run(cfg: DictConfig) -> dict:
         model = method.prepare_model(model)
     n_params = count_params(model)
     data.tokenizer.save_pretrained(str(run_dir / "tokenizer"))
-    unigram = data.unigram_ppl()
-    log.info("model %s: %.2fM parameters | data: %d train / %d val tokens | unigram val ppl %.1f",
-             cfg.model.name, n_params / 1e6, len(data.train), len(data.val), unigram)
+    log.info("model %s: %.2fM parameters | data: %d train / %d val tokens", cfg.model.name, n_params / 1e6,
+             len(data.train), len(data.val))
 
     module_cls = method.module_class or MethodModule
     module = module_cls(model, method, dict(hw.kernels), hw.kernel_fallback)
@@ -163,6 +162,7 @@ def run(cfg: DictConfig) -> dict:
                                     start=lambda: module.micro_batches_seen, rank=trainer.global_rank,
                                     world=trainer.world_size, val_batches=tr.val_batches,
                                     num_workers=cfg.dataset.num_workers)
+    unigram = data.unigram_ppl(eval_targets(val_dl))
 
     # -- stages ------------------------------------------------------------------------------
     if method.trains and tr.max_steps > 0:
@@ -182,6 +182,10 @@ def run(cfg: DictConfig) -> dict:
         "val/ppl": float(val_metrics["val/ppl"]),
         "val/unigram_ppl": unigram,
         "params": n_params,
+        "vocab_size": vocab,
+        "data/train_docs": data.train_docs,
+        "data/val_docs": data.val_docs,
+        "data/train_tokens": len(data.train),
         "tokens_seen": module.tokens_seen,
         "tokens_per_s": throughput.tokens_per_s,
         "steps": trainer.global_step,

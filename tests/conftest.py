@@ -16,7 +16,8 @@ os.environ.setdefault("WANDB_SILENT", "true")
 
 # A model small enough that a few dozen steps take seconds on 2 cores.
 TINY = ["model.hidden_size=64", "model.intermediate_size=128", "model.num_layers=2", "model.num_heads=2",
-        "model.seq_len=64", "dataset.batch_size=8", "trainer.val_batches=2", "hardware.threads=1"]
+        "model.seq_len=64", "dataset.batch_size=16", "dataset.tokenizer.vocab_size=1024", "trainer.val_batches=2",
+        "hardware.threads=1"]
 
 
 def run_cli(*args: str, runs_dir: Path, check: bool = True, timeout: float = 600, env: dict | None = None):

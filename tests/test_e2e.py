@@ -1,0 +1,205 @@
+"""End to end: the real `python -m runner` in subprocesses, on the CPU, for a few dozen steps.
+
+One uninterrupted baseline run is shared (session fixture); the other tests compare against it: a
+second identical run (determinism), a run killed with SIGKILL and resumed (exact resume), a run
+initialised from the baseline's checkpoint (init_from), a sweep, dry runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from runner.loggers import read_offline_run
+from tests.conftest import REPO, TINY, run_cli, run_dirs
+
+pytestmark = pytest.mark.slow
+
+STEPS = 60
+BASE = [*TINY, f"trainer.max_steps={STEPS}", "trainer.val_every_n_steps=30", "trainer.checkpoint_every_n_steps=10",
+        "trainer.log_every_n_steps=1", "method.warmup_steps=5", "method.lr=1e-2", "seed=7"]
+
+
+def _summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def baseline(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("baseline")
+    proc = run_cli(*BASE, runs_dir=runs)
+    (run_dir,) = run_dirs(runs)
+    return run_dir, proc
+
+
+def test_run_writes_summary_and_learns(baseline):
+    run_dir, proc = baseline
+    s = _summary(run_dir)
+    for key in ("train/loss", "val/loss", "val/ppl", "params", "tokens_seen", "tokens_per_s", "config"):
+        assert s[key] is not None, key
+    assert s["steps"] == STEPS
+    assert s["tokens_seen"] == STEPS * 16 * 64
+    assert s["config"]["model"]["hidden_size"] == 64
+    # the model learned something the unigram distribution does not know
+    assert s["val/ppl"] < s["val/unigram_ppl"]
+    # plain progress lines in CI logs, not a progress bar
+    assert f"step {STEPS}/{STEPS}" in proc.stdout
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
+    assert (run_dir / "tokenizer" / "tokenizer.json").exists()
+
+
+def test_wandb_offline_run_reads_back(baseline):
+    run_dir, _ = baseline
+    s = _summary(run_dir)
+    r = read_offline_run(run_dir)
+    assert r["id"] == s["wandb_id"]
+    # flattened, readable config keys
+    assert r["config"]["model.hidden_size"] == 64
+    assert r["config"]["method.lr"] == s["config"]["method"]["lr"]
+    assert r["config"]["trainer.max_steps"] == STEPS
+    assert not any(k.startswith("_target_") or "._target_" in k for k in r["config"])
+    rows = [h for h in r["history"] if "train/loss" in h]
+    assert [h["trainer/global_step"] for h in rows] == list(range(STEPS))  # one train loss per step
+    assert all("train/lr" in h for h in rows)
+    assert any("train/grad_norm" in h for h in r["history"])
+    assert any("train/tokens_per_s" in h for h in r["history"])
+    vals = [h for h in r["history"] if "val/loss" in h]
+    assert len(vals) >= 2
+    assert r["summary"]["val/ppl"] == pytest.approx(s["val/ppl"])
+    assert r["summary"]["train/loss"] == pytest.approx(rows[-1]["train/loss"])
+
+
+def test_same_seed_same_curve(baseline, tmp_path):
+    run_dir, _ = baseline
+    run_cli(*BASE, runs_dir=tmp_path)
+    (again,) = run_dirs(tmp_path)
+    a = [h["train/loss"] for h in read_offline_run(run_dir)["history"] if "train/loss" in h]
+    b = [h["train/loss"] for h in read_offline_run(again)["history"] if "train/loss" in h]
+    assert len(a) == STEPS and a == b
+    assert _summary(again)["val/loss"] == _summary(run_dir)["val/loss"]
+
+
+def test_sigkill_then_resume_matches_uninterrupted(baseline, tmp_path):
+    """Kill the process for real mid-run, resume from its directory: same final numbers, same W&B run."""
+    run_dir, _ = baseline
+    cmd = [sys.executable, "-m", "runner", *BASE, f"paths.runs_dir={tmp_path}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "CI": "1"}, start_new_session=True)
+    target = None
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        found = list(tmp_path.glob("*/*/checkpoints/step000020.ckpt"))
+        if found:
+            target = found[0]
+            break
+        time.sleep(0.05)
+    assert target is not None, f"no checkpoint appeared: {proc.stderr.read().decode()[-2000:]}"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_dir = target.parent.parent
+    assert not (killed_dir / "summary.json").exists(), "the run finished before it was killed"
+    before = json.loads((killed_dir / "meta.json").read_text())
+
+    run_cli(*BASE, f"resume={killed_dir}", runs_dir=tmp_path)
+    resumed, base = _summary(killed_dir), _summary(run_dir)
+    assert resumed["steps"] == STEPS
+    assert resumed["train/loss"] == pytest.approx(base["train/loss"], abs=1e-6)
+    assert resumed["val/loss"] == pytest.approx(base["val/loss"], abs=1e-6)
+    assert resumed["tokens_seen"] == base["tokens_seen"]
+    assert resumed["wandb_id"] == before["wandb_id"]
+    r = read_offline_run(killed_dir)
+    assert r["segments"] == 2 and r["id"] == before["wandb_id"]
+    # the loss curve of the steps after the restart is the uninterrupted one
+    tail = {h["trainer/global_step"]: h["train/loss"] for h in r["history"] if "train/loss" in h}
+    ref = {h["trainer/global_step"]: h["train/loss"] for h in read_offline_run(run_dir)["history"] if "train/loss" in h}
+    assert tail[STEPS - 1] == pytest.approx(ref[STEPS - 1], abs=1e-6)
+
+
+def test_resume_auto_finds_the_run(tmp_path):
+    args = [*TINY, "trainer.max_steps=6", "trainer.checkpoint_every_n_steps=3", "trainer.val_every_n_steps=6",
+            "logger=csv"]
+    run_cli(*args, runs_dir=tmp_path)
+    (first,) = run_dirs(tmp_path)
+    full = _summary(first)
+    # simulate a crash after step 3: only the step-3 checkpoint survives
+    for f in (first / "checkpoints").glob("*.ckpt"):
+        if f.name != "step000003.ckpt":
+            f.unlink()
+    (first / "summary.json").unlink()
+    run_cli(*args, "resume=auto", runs_dir=tmp_path)
+    assert run_dirs(tmp_path) == [first]  # no new run directory
+    again = _summary(first)
+    assert again["train/loss"] == pytest.approx(full["train/loss"], abs=1e-6)
+    assert again["val/loss"] == pytest.approx(full["val/loss"], abs=1e-6)
+    # different overrides: auto starts a new run instead
+    run_cli(*args, "seed=1", "trainer.max_steps=1", "resume=auto", runs_dir=tmp_path)
+    assert len(run_dirs(tmp_path)) == 2
+
+
+def test_init_from_checkpoint_reproduces_val_loss(baseline, tmp_path):
+    run_dir, _ = baseline
+    run_cli(*BASE, f"model.init_from={run_dir}", "trainer.max_steps=0", "logger=none", runs_dir=tmp_path)
+    (d,) = run_dirs(tmp_path)
+    assert _summary(d)["val/loss"] == pytest.approx(_summary(run_dir)["val/loss"], abs=1e-5)
+
+
+def test_local_jsonl_dataset(tmp_path):
+    import random
+
+    rng = random.Random(0)
+    words = "the model learns to predict the next token of short english sentences about cats and dogs".split()
+    path = tmp_path / "corpus.jsonl"
+    with path.open("w") as f:
+        for _ in range(400):
+            f.write(json.dumps({"text": " ".join(rng.choice(words) for _ in range(60))}) + "\n")
+    run_cli(*TINY, "dataset=local", f"dataset.path={path}", "dataset.tokenizer.vocab_size=300",
+            "dataset.val_fraction=0.1", "trainer=smoke", "logger=none", runs_dir=tmp_path / "runs")
+    (d,) = run_dirs(tmp_path / "runs")
+    s = _summary(d)
+    assert s["config"]["dataset"]["path"] == str(path)
+    assert s["data/train_docs"] + s["data/val_docs"] == 400
+    assert 0 < s["data/val_docs"] < 100
+    assert s["vocab_size"] <= 300  # the tokenizer was trained on this corpus, not the default one
+
+
+def test_sweep_runs_each_job_as_its_own_wandb_run_in_one_group(tmp_path):
+    run_cli("-m", "+sweep=lr", *TINY, "trainer.max_steps=2", "trainer.val_every_n_steps=2", runs_dir=tmp_path)
+    jobs = sorted(p.parent for p in tmp_path.glob("*/multirun_*/*/summary.json"))
+    assert len(jobs) == 3
+    lrs = sorted(_summary(j)["config"]["method"]["lr"] for j in jobs)
+    assert lrs == [1e-3, 3e-3, 1e-2]
+    reads = [read_offline_run(j) for j in jobs]
+    assert len({r["id"] for r in reads}) == 3
+    groups = {r["group"] for r in reads}
+    assert len(groups) == 1 and groups.pop().startswith("multirun_")
+
+
+def test_dry_run_plans_a_1b_model_without_allocating(tmp_path):
+    t0 = time.time()
+    one = run_cli("model=llama-1b", "hardware=h100", "dry_run=true", runs_dir=tmp_path)
+    assert time.time() - t0 < 60
+    assert "1,339,082,752" in one.stdout
+    eight = run_cli("model=llama-1b", "hardware=h100x8", "dry_run=true", runs_dir=tmp_path)
+    plans = sorted(tmp_path.glob("*/*/dry_run.json"), key=lambda p: p.stat().st_mtime)
+    a, b = (json.loads(p.read_text())["bytes_per_gpu"] for p in plans)
+    assert b["parameters"] == pytest.approx(a["parameters"] / 8)
+    assert b["optimizer state"] == pytest.approx(a["optimizer state"] / 8)
+    assert a["optimizer state"] == pytest.approx(2 * 4 * 1_339_082_752)
+    assert not list(tmp_path.glob("*/*/checkpoints"))
+    assert "fsdp" in eight.stdout
+
+
+def test_help_and_cfg_job(tmp_path):
+    h = run_cli("--help", runs_dir=tmp_path)
+    for word in ("model", "llama-1b", "method", "adamw", "hardware", "h100x8", "dataset", "stdlib-docs"):
+        assert word in h.stdout
+    c = run_cli("--cfg", "job", "method=adamw", "model=llama-1b", "hardware=h100x8", runs_dir=tmp_path)
+    assert "strategy: fsdp" in c.stdout and "hidden_size: 2048" in c.stdout
+    assert not list(tmp_path.glob("*/*/meta.json"))
