@@ -80,6 +80,7 @@ _QUIET = (r".*weights_only.*", r".*LeafSpec.*", r".*does not have many workers.*
 def run(cfg: DictConfig) -> dict:
     for pattern in _QUIET:  # Lightning's advice that does not apply to this runner
         warnings.filterwarnings("ignore", message=pattern)
+    logging.getLogger("lightning.pytorch.trainer.connectors.checkpoint_connector").setLevel(logging.WARNING)
     validate(cfg)
     run_dir, identity, sweep_group = _hydra_info()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -156,8 +157,9 @@ def run(cfg: DictConfig) -> dict:
         enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=str(run_dir),
         use_distributed_sampler=False, plugins=[AtomicCheckpointIO()],
     )
-    if hw.compile:
-        module.model = torch.compile(module.model)
+    if hw.compile:  # per decoder block, in place: checkpoints keep their keys
+        for layer in module.model.get_decoder().layers:
+            layer.compile()
     train_dl, val_dl = make_loaders(data, cfg.dataset.batch_size, micro_total, cfg.seed,
                                     start=lambda: module.micro_batches_seen, rank=trainer.global_rank,
                                     world=trainer.world_size, val_batches=tr.val_batches,
@@ -193,6 +195,8 @@ def run(cfg: DictConfig) -> dict:
         "stages": method.stages,
         **{f"eval/{k}": v for k, v in extra.items()},
     }
+    if torch.cuda.is_available() and hw.accelerator != "cpu":
+        summary["gpu/peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
     if extra and logger:
         logger.log_metrics({f"eval/{k}": v for k, v in extra.items()}, step=trainer.global_step)
     summary = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in summary.items()}
