@@ -26,10 +26,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class Throughput(pl.Callback):
-    """Tokens per second of training (validation time excluded), logged as train/tokens_per_s."""
+    """Tokens per second of training (validation time excluded), logged as train/tokens_per_s.
 
-    def __init__(self, log_every: int):
+    The run's figure (`tokens_per_s`) leaves out the first `skip` batches of each process: start-up,
+    allocator warm-up and torch.compile's compilation are not throughput.
+    """
+
+    def __init__(self, log_every: int, skip: int = 0):
         self.log_every = log_every
+        self.skip = skip
+        self._batches = 0
         self.train_time = 0.0
         self.tokens = 0
         self._t0: float | None = None
@@ -45,8 +51,10 @@ class Throughput(pl.Callback):
             return
         dt = time.perf_counter() - self._t0
         n = batch[:, 1:].numel() * trainer.world_size
-        self.train_time += dt
-        self.tokens += n
+        self._batches += 1
+        if self._batches > self.skip:
+            self.train_time += dt
+            self.tokens += n
         self._window_time += dt
         self._window_tokens += n
         if trainer.global_step % self.log_every == 0 and self._window_time > 0:

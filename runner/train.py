@@ -139,7 +139,7 @@ def run(cfg: DictConfig) -> dict:
     module = module_cls(model, method, dict(hw.kernels), hw.kernel_fallback)
     micro_total = tr.max_steps * tr.accumulate_grad_batches
     logger = loggers.make_logger(cfg.logger, run_dir, cfg.run_name, run_id, sweep_group, resolved)
-    throughput = Throughput(tr.log_every_n_steps)
+    throughput = Throughput(tr.log_every_n_steps, skip=min(10, micro_total // 10))
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     progress = _progress_callbacks(cfg)
