@@ -14,10 +14,11 @@ import importlib
 import inspect
 import json
 import os
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -39,20 +40,20 @@ class ModelSchema:
     intermediate_size: int
     num_layers: int
     num_heads: int
-    num_kv_heads: Optional[int]  # null: = num_heads (no GQA)
-    vocab_size: Optional[int]  # null: the tokenizer's size
+    num_kv_heads: int | None  # null: = num_heads (no GQA)
+    vocab_size: int | None  # null: the tokenizer's size
     seq_len: int
     tie_embeddings: bool
     rope_theta: float
     init_std: float
-    init_from: Optional[str]  # .ckpt, run dir, local HF dir, or hf://org/name
+    init_from: str | None  # .ckpt, run dir, local HF dir, or hf://org/name
 
 
 @dataclass
 class TokenizerSchema:
     kind: str  # train | hf
-    name: Optional[str]
-    vocab_size: Optional[int]
+    name: str | None
+    vocab_size: int | None
     min_frequency: int
 
 
@@ -60,12 +61,12 @@ class TokenizerSchema:
 class DatasetSchema:
     name: str
     source: str  # stdlib-docs | hub | local
-    path: Optional[str]
-    subset: Optional[str]
+    path: str | None
+    subset: str | None
     split: str
     text_field: str
     streaming: bool
-    max_documents: Optional[int]
+    max_documents: int | None
     val_fraction: float
     tokenizer: TokenizerSchema
     batch_size: int
@@ -88,7 +89,7 @@ class HardwareSchema:
     strategy: str
     compile: bool
     matmul_precision: str
-    threads: Optional[int]
+    threads: int | None
     fsdp: FSDPSchema
     kernels: dict[str, str]
     kernel_fallback: bool
@@ -98,9 +99,9 @@ class HardwareSchema:
 class TrainerSchema:
     max_steps: int
     val_every_n_steps: int
-    val_batches: Optional[int]
+    val_batches: int | None
     log_every_n_steps: int
-    grad_clip: Optional[float]
+    grad_clip: float | None
     accumulate_grad_batches: int
     checkpoint_every_n_steps: int
     keep_checkpoints: int
@@ -111,10 +112,10 @@ class TrainerSchema:
 @dataclass
 class LoggerSchema:
     kind: str  # wandb | csv | none
-    mode: Optional[str]  # wandb: offline | online | disabled
+    mode: str | None  # wandb: offline | online | disabled
     project: str
-    entity: Optional[str]
-    group: Optional[str]
+    entity: str | None
+    group: str | None
     tags: list[str] = field(default_factory=list)
 
 
@@ -132,7 +133,7 @@ SECTIONS: dict[str, type] = {
     "logger": LoggerSchema,
     "paths": PathsSchema,
 }
-TOP_LEVEL = {"seed": int, "run_name": str, "resume": Optional[str], "dry_run": bool, "debug": bool}
+TOP_LEVEL = {"seed": int, "run_name": str, "resume": str | None, "dry_run": bool, "debug": bool}
 
 CHOICES = {
     "model.arch": ["llama"],
@@ -216,7 +217,7 @@ def _type_ok(value: Any, tp: Any) -> bool:
     origin = typing.get_origin(tp)
     if tp is Any:
         return True
-    if origin is typing.Union:
+    if origin in (typing.Union, types.UnionType):
         return any(_type_ok(value, a) for a in typing.get_args(tp))
     if tp is type(None):
         return value is None
@@ -236,7 +237,7 @@ def _type_ok(value: Any, tp: Any) -> bool:
 
 
 def _type_name(tp: Any) -> str:
-    if typing.get_origin(tp) is typing.Union:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return " or ".join(_type_name(a) for a in args) + " or null"
     return getattr(tp, "__name__", str(tp))
@@ -333,42 +334,53 @@ def validate(cfg: DictConfig) -> None:
             problems.append(f"{key}: unknown top-level key; {choices_hint(key, sorted(allowed))}")
     if "method" in cfg and isinstance(cfg.method, DictConfig):
         _check_target(cfg.method, "method", problems)
-    if not problems:
-        problems += _semantic_checks(cfg)
+    bad = {p.split(":")[0].split("=")[0] for p in problems}
+    problems += _semantic_checks(cfg, bad)
     if problems:
         raise ConfigError(problems)
 
 
-def _semantic_checks(cfg: DictConfig) -> list[str]:
+def _semantic_checks(cfg: DictConfig, bad: set[str]) -> list[str]:
+    """Checks across keys; each runs only where the keys it reads passed the checks above."""
     from kernels import known_backends, known_ops
 
+    def ok(*keys: str) -> bool:
+        for k in keys:
+            parts = k.split(".")
+            if parts[0] not in cfg or any(".".join(parts[:i]) in bad for i in range(1, len(parts) + 1)):
+                return False
+        return True
+
     out = []
-    for op, backend in cfg.hardware.kernels.items():
-        if op not in known_ops():
-            out.append(f"hardware.kernels.{op}: unknown op; {choices_hint(op, known_ops())}")
-        elif backend not in known_backends(op):
-            out.append(f"hardware.kernels.{op}: unknown backend {backend!r}; {choices_hint(backend, known_backends(op))}")
-    m = cfg.model
-    if m.hidden_size % m.num_heads:
+    if ok("hardware.kernels"):
+        for op, backend in cfg.hardware.kernels.items():
+            if op not in known_ops():
+                out.append(f"hardware.kernels.{op}: unknown op; {choices_hint(op, known_ops())}")
+            elif backend not in known_backends(op):
+                out.append(f"hardware.kernels.{op}: unknown backend {backend!r}; {choices_hint(backend, known_backends(op))}")
+    m, d = cfg.get("model"), cfg.get("dataset")
+    if ok("model.hidden_size", "model.num_heads") and m.hidden_size % m.num_heads:
         out.append(f"model.hidden_size ({m.hidden_size}) must be divisible by model.num_heads ({m.num_heads})")
-    if m.num_kv_heads is not None and m.num_heads % m.num_kv_heads:
+    if ok("model.num_kv_heads", "model.num_heads") and m.num_kv_heads is not None and m.num_heads % m.num_kv_heads:
         out.append(f"model.num_kv_heads ({m.num_kv_heads}) must divide model.num_heads ({m.num_heads})")
-    if m.vocab_size is None and cfg.dataset.tokenizer.kind == "train" and cfg.dataset.tokenizer.vocab_size is None:
+    if (ok("model.vocab_size", "dataset.tokenizer") and m.vocab_size is None and d.tokenizer.kind == "train"
+            and d.tokenizer.vocab_size is None):
         out.append("model.vocab_size: null needs dataset.tokenizer.vocab_size to be set")
-    if m.init_from and not str(m.init_from).startswith("hf://") and not Path(m.init_from).expanduser().exists():
+    if ok("model.init_from") and m.init_from and not str(m.init_from).startswith("hf://") \
+            and not Path(m.init_from).expanduser().exists():
         out.append(f"model.init_from: no such file or directory: {m.init_from}")
-    d = cfg.dataset
-    if d.source == "local" and d.path and not Path(d.path).expanduser().exists():
-        out.append(f"dataset.path: no such file or directory: {d.path}")
-    if d.source in ("local", "hub") and not d.path:
-        out.append(f"dataset.path: dataset.source={d.source} needs a path (a file/dir or a hub name)")
-    if d.tokenizer.kind == "hf" and not d.tokenizer.name:
+    if ok("dataset.source", "dataset.path"):
+        if d.source == "local" and d.path and not Path(d.path).expanduser().exists():
+            out.append(f"dataset.path: no such file or directory: {d.path}")
+        if d.source in ("local", "hub") and not d.path:
+            out.append(f"dataset.path: dataset.source={d.source} needs a path (a file/dir or a hub name)")
+    if ok("dataset.tokenizer") and d.tokenizer.kind == "hf" and not d.tokenizer.name:
         out.append("dataset.tokenizer.name: tokenizer.kind=hf needs a hub name or a local directory")
-    if not 0.0 < d.val_fraction < 1.0:
+    if ok("dataset.val_fraction") and not 0.0 < d.val_fraction < 1.0:
         out.append(f"dataset.val_fraction: must be in (0, 1), got {d.val_fraction}")
-    r = cfg.resume
-    if r not in (None, "auto") and not Path(str(r)).expanduser().is_dir():
+    r = cfg.get("resume")
+    if ok("resume") and r not in (None, "auto") and not Path(str(r)).expanduser().is_dir():
         out.append(f"resume: no such run directory: {r} (give a run directory or resume=auto)")
-    if cfg.logger.kind == "wandb" and cfg.logger.mode not in ("offline", "online", "disabled"):
+    if ok("logger.kind", "logger.mode") and cfg.logger.kind == "wandb" and cfg.logger.mode not in ("offline", "online", "disabled"):
         out.append(f"logger.mode: {cfg.logger.mode!r} is not valid; choose one of: offline, online, disabled")
     return out

@@ -14,9 +14,10 @@ import json
 import logging
 import os
 import sysconfig
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -158,7 +159,8 @@ def tokenize(tokenizer, docs: list[str], batch: int = 1000) -> np.ndarray:
     dtype = np.uint16 if vocab < 2**16 else np.uint32
     out = []
     for i in range(0, len(docs), batch):
-        enc = tokenizer(docs[i:i + batch], add_special_tokens=False)["input_ids"]
+        # split_special_tokens: a document that contains the text "<|endoftext|>" is not cut in two
+        enc = tokenizer(docs[i:i + batch], add_special_tokens=False, split_special_tokens=True)["input_ids"]
         for ids in enc:
             out.append(np.asarray(ids + [eos], dtype=dtype))
     return np.concatenate(out) if out else np.zeros(0, dtype=dtype)
@@ -203,7 +205,7 @@ def build_data(d: DictConfig, seq_len: int, cache_dir: str) -> TokenData:
     train_docs, val_docs = split_documents(docs, float(d.val_fraction))
     tokenizer = load_tokenizer(d.tokenizer, train_docs, cache)
     tok_id = _hash(tokenizer.backend_tokenizer.to_str()) if hasattr(tokenizer, "backend_tokenizer") else str(d.tokenizer.name)
-    key = _hash("tokens-v1", _hash(*docs), d.val_fraction, tok_id)
+    key = _hash("tokens-v2", _hash(*docs), d.val_fraction, tok_id)
     tdir = cache / "tokens" / key
     if (tdir / "train.npy").exists() and (tdir / "val.npy").exists():
         train, val = np.load(tdir / "train.npy", mmap_mode="r"), np.load(tdir / "val.npy", mmap_mode="r")

@@ -93,7 +93,7 @@ def run(cfg: DictConfig) -> dict:
     import torch
     from hydra.utils import instantiate
 
-    from methods.base import MethodModule
+    from methods.module import MethodModule
     from runner import loggers
     from runner.callbacks import AtomicCheckpointIO, Throughput
     from runner.data import build_data, eval_targets, make_loaders

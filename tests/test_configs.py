@@ -145,7 +145,7 @@ def test_experiment_smoke_switches_groups():
     assert cfg.logger.kind == "csv"
 
 
-@pytest.mark.xfail(strict=True, reason="configs/config.yaml lists _self_ after `experiment`, so the primary "
-                   "config's run_name overrides the experiment's `run_name: smoke`")
-def test_experiment_smoke_sets_run_name():
+def test_experiment_overrides_the_primary_config():
+    # an experiment preset (@package _global_) wins over config.yaml's own values: _self_ comes before it
     assert compose_cfg(["experiment=smoke"]).run_name == "smoke"
+    assert compose_cfg([]).run_name == "llama-tiny-adamw"

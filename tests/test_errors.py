@@ -174,8 +174,6 @@ def test_validate_method_target_that_does_not_import(base_cfg):
     assert _has(_problems(cfg), "method._target_", "methods.nowhere.Method")
 
 
-@pytest.mark.xfail(strict=True, reason="validate() runs the semantic checks (divisibility, paths, kernels) only "
-                   "when there is no schema problem, so a type error hides them: not 'every problem at once'")
 def test_validate_reports_schema_and_semantic_problems_together(base_cfg):
     cfg = copy.deepcopy(base_cfg)
     cfg.trainer.max_steps = "abc"

@@ -1,0 +1,118 @@
+"""The generic LightningModule every method trains in (see methods/base.py for the protocol)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch import nn
+
+import kernels
+from methods.base import Method
+
+
+class MethodModule(pl.LightningModule):
+    """The generic LightningModule: a model, a method, the kernels the hardware chose.
+
+    It counts tokens and micro-batches and saves RNG states with each checkpoint, so that a resumed run
+    continues exactly where it stopped.
+    """
+
+    def __init__(self, model: nn.Module, method: Method, kernels_map: dict[str, str] | None = None,
+                 kernel_fallback: bool = True):
+        super().__init__()
+        self.model = model
+        self.method = method
+        self.kernels_map = dict(kernels_map or {"cross_entropy": "reference"})
+        self.kernel_fallback = kernel_fallback
+        self._kernels: dict[str, Any] = {}
+        self.micro_batches_seen = 0
+        self.tokens_seen = 0
+        self.last_train_loss = float("nan")
+        self.last_val_step = -1
+        self._val_sum = torch.zeros((), dtype=torch.float64)
+        self._val_count = torch.zeros((), dtype=torch.float64)
+
+    def kernel(self, op: str):
+        if op not in self._kernels:
+            self._kernels[op] = kernels.get(op, self.kernels_map.get(op, "reference"), fallback=self.kernel_fallback)
+        return self._kernels[op]
+
+    # -- losses ------------------------------------------------------------------------------
+    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.get_decoder()(input_ids=input_ids).last_hidden_state
+
+    def lm_loss(self, batch: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        inputs, targets = batch[:, :-1], batch[:, 1:]
+        hidden = self.hidden_states(inputs)
+        weight = self.model.get_output_embeddings().weight
+        return self.kernel("cross_entropy")(hidden, weight, targets, reduction=reduction)
+
+    # -- steps -------------------------------------------------------------------------------
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        self.micro_batches_seen += 1
+        loss = self.method.loss(self, batch)
+        n_tokens = batch[:, 1:].numel() * self.trainer.world_size
+        self.tokens_seen += n_tokens
+        self.last_train_loss = float(loss.detach())
+        self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False)
+        self.log("train/tokens_seen", float(self.tokens_seen), on_step=True, on_epoch=False)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if (self.trainer.global_step + 1) % self.trainer.log_every_n_steps == 0:
+            grads = [p.grad.detach().norm() for p in self.model.parameters() if p.grad is not None]
+            if grads:
+                self.log("train/grad_norm", torch.stack(grads).norm(), on_step=True, on_epoch=False)
+        self.log("train/lr", optimizer.param_groups[0]["lr"], prog_bar=True, on_step=True, on_epoch=False)
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._val_count = torch.zeros((), dtype=torch.float64, device=self.device)
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        self._val_sum += self.lm_loss(batch, reduction="sum").double()
+        self._val_count += batch[:, 1:].numel()
+
+    def on_validation_epoch_end(self) -> None:
+        total = self.trainer.strategy.reduce(self._val_sum, reduce_op="sum")
+        count = self.trainer.strategy.reduce(self._val_count, reduce_op="sum")
+        loss = (total / count.clamp_min(1)).float()
+        self.log("val/loss", loss, prog_bar=True, sync_dist=False)
+        self.log("val/ppl", torch.exp(loss), sync_dist=False)
+        self.last_val_step = self.trainer.global_step
+
+    def configure_optimizers(self):
+        return self.method.configure_optimizers(self)
+
+    # -- exact resume ------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        np_state = np.random.get_state()
+        checkpoint["methodbench"] = {
+            "micro_batches_seen": self.micro_batches_seen,
+            "tokens_seen": self.tokens_seen,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+                "python": random.getstate(),
+            },
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("methodbench")
+        if not state:
+            return
+        self.micro_batches_seen = int(state["micro_batches_seen"])
+        self.tokens_seen = int(state["tokens_seen"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        n = rng["numpy"]
+        np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
+        py = rng["python"]
+        random.setstate((py[0], tuple(py[1]), py[2]))
