@@ -117,6 +117,7 @@ class LoggerSchema:
     entity: str | None
     group: str | None
     tags: list[str] = field(default_factory=list)
+    init_timeout: float = 30.0  # wandb online: seconds to wait for the server before going offline
 
 
 @dataclass

@@ -27,8 +27,7 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def make_logger(lcfg, run_dir: Path, run_name: str, run_id: str, group: str | None, config: dict,
-                init_timeout: float = 30.0):
+def make_logger(lcfg, run_dir: Path, run_name: str, run_id: str, group: str | None, config: dict):
     """A Lightning logger for `logger.kind`, or False."""
     if lcfg.kind == "none":
         return False
@@ -43,13 +42,14 @@ def make_logger(lcfg, run_dir: Path, run_name: str, run_id: str, group: str | No
                   tags=list(lcfg.tags), dir=str(run_dir), config=flatten(config), resume="allow", reinit="create_new")
     mode = lcfg.mode
     try:
-        run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=init_timeout, console="off",
+        run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=float(lcfg.get("init_timeout", 30.0)), console="off",
                                                             silent=True, x_disable_stats=True), **kwargs)
     except Exception as e:  # no network, no key, service down: keep the run going
         if mode != "online":
             raise
         log.warning("W&B online init failed (%s); logging offline to %s instead (wandb sync later)",
                     str(e).splitlines()[0], run_dir / "wandb")
+        wandb.teardown()  # the failed attempt still holds the run id in W&B's service process
         run = wandb.init(mode="offline", settings=wandb.Settings(console="off", silent=True, x_disable_stats=True), **kwargs)
     return WandbLogger(experiment=run, save_dir=str(run_dir), log_model=False)
 

@@ -21,10 +21,12 @@ TINY = ["model.hidden_size=64", "model.intermediate_size=128", "model.num_layers
 
 
 def run_cli(*args: str, runs_dir: Path, check: bool = True, timeout: float = 600, env: dict | None = None):
-    """`python -m runner <args> paths.runs_dir=<runs_dir>`; returns CompletedProcess (text)."""
+    """`python -m runner <args> paths.runs_dir=<runs_dir>`; returns CompletedProcess (text). `env` adds
+    variables to the environment; a value of None removes one."""
     cmd = [sys.executable, "-m", "runner", *args, f"paths.runs_dir={runs_dir}"]
+    full_env = {**os.environ, "CI": "1", **(env or {})}
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "CI": "1", **(env or {})})
+                          env={k: v for k, v in full_env.items() if v is not None})  # None: unset
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} -> {proc.returncode}\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-3000:]}")
     return proc

@@ -122,6 +122,15 @@ def test_sigkill_then_resume_matches_uninterrupted(baseline, tmp_path):
     assert tail[STEPS - 1] == pytest.approx(ref[STEPS - 1], abs=1e-6)
 
 
+def test_wandb_online_without_credentials_falls_back_to_offline(tmp_path):
+    env = {"HOME": str(tmp_path / "home"), "WANDB_API_KEY": None, "WANDB_MODE": None}
+    proc = run_cli(*TINY, "trainer=smoke", "logger.mode=online", runs_dir=tmp_path / "runs", env=env)
+    assert "logging offline" in proc.stderr + proc.stdout
+    (d,) = run_dirs(tmp_path / "runs")
+    r = read_offline_run(d)
+    assert r["id"] == _summary(d)["wandb_id"] and r["summary"]["val/loss"] == pytest.approx(_summary(d)["val/loss"])
+
+
 def test_resume_auto_finds_the_run(tmp_path):
     args = [*TINY, "trainer.max_steps=6", "trainer.checkpoint_every_n_steps=3", "trainer.val_every_n_steps=6",
             "logger=csv"]
