@@ -9,6 +9,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import RichProgressBar
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -65,6 +66,13 @@ class Throughput(pl.Callback):
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / self.train_time if self.train_time else 0.0
+
+
+class StepProgressBar(RichProgressBar):
+    """Lightning's Rich bar, labelled by steps (runs are step-based: there is no epoch count to show)."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        return "train (steps)"
 
 
 class LineProgress(pl.Callback):

@@ -50,9 +50,7 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def _progress_callbacks(cfg: DictConfig):
-    from lightning.pytorch.callbacks import RichProgressBar
-
-    from runner.callbacks import LineProgress
+    from runner.callbacks import LineProgress, StepProgressBar
 
     want = cfg.trainer.enable_progress_bar
     if want is False:
@@ -60,7 +58,7 @@ def _progress_callbacks(cfg: DictConfig):
     tty = sys.stdout.isatty() and not os.environ.get("CI")
     if want == "auto" and not tty:
         return [LineProgress(cfg.trainer.log_every_n_steps)]
-    return [RichProgressBar(leave=True)]
+    return [StepProgressBar(leave=True)]
 
 
 def _strategy(hw: DictConfig, model):
@@ -80,7 +78,6 @@ _QUIET = (r".*weights_only.*", r".*LeafSpec.*", r".*does not have many workers.*
 def run(cfg: DictConfig) -> dict:
     for pattern in _QUIET:  # Lightning's advice that does not apply to this runner
         warnings.filterwarnings("ignore", message=pattern)
-    logging.getLogger("lightning.pytorch.trainer.connectors.checkpoint_connector").setLevel(logging.WARNING)
     validate(cfg)
     run_dir, identity, sweep_group = _hydra_info()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -95,10 +92,12 @@ def run(cfg: DictConfig) -> dict:
 
     from methods.module import MethodModule
     from runner import loggers
-    from runner.callbacks import AtomicCheckpointIO, Throughput
+    from runner.callbacks import AtomicCheckpointIO, StepProgressBar, Throughput
     from runner.data import build_data, eval_targets, make_loaders
     from runner.models import build_model, count_params, model_vocab_size
 
+    for name in ("lightning.pytorch", "lightning.fabric"):  # its banner and tips (set on import, so after it)
+        logging.getLogger(name).setLevel(logging.WARNING)
     hw, tr = cfg.hardware, cfg.trainer
     if hw.threads:
         torch.set_num_threads(int(hw.threads))
@@ -153,7 +152,7 @@ def run(cfg: DictConfig) -> dict:
         limit_val_batches=1.0, log_every_n_steps=tr.log_every_n_steps, gradient_clip_val=tr.grad_clip,
         accumulate_grad_batches=tr.accumulate_grad_batches, deterministic=tr.deterministic,
         logger=logger, callbacks=[throughput, ckpt_cb, *progress],
-        enable_progress_bar=any(type(c).__name__ == "RichProgressBar" for c in progress),
+        enable_progress_bar=any(isinstance(c, StepProgressBar) for c in progress),
         enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=str(run_dir),
         use_distributed_sampler=False, plugins=[AtomicCheckpointIO()],
     )
