@@ -106,6 +106,18 @@ def split_documents(docs: Iterable[str], val_fraction: float) -> tuple[list[str]
     return train, val
 
 
+def _publish(tmp: Path, final: Path) -> None:
+    """Move a finished cache directory into place; if another process (a DDP rank) got there first, keep theirs."""
+    import shutil
+
+    try:
+        os.replace(tmp, final)
+    except OSError:
+        if not final.exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _hash(*parts: Any) -> str:
     h = hashlib.sha256()
     for p in parts:
@@ -146,7 +158,7 @@ def load_tokenizer(tcfg: DictConfig, train_docs: list[str], cache: Path):
     tok = train_tokenizer(train_docs, int(tcfg.vocab_size), int(tcfg.min_frequency))
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     tok.save_pretrained(str(tmp))
-    os.replace(tmp, path) if not path.exists() else None
+    _publish(tmp, path)
     return PreTrainedTokenizerFast.from_pretrained(str(path))
 
 
@@ -216,8 +228,7 @@ def build_data(d: DictConfig, seq_len: int, cache_dir: str) -> TokenData:
         tmp.mkdir(parents=True, exist_ok=True)
         np.save(tmp / "train.npy", train)
         np.save(tmp / "val.npy", val)
-        if not tdir.exists():
-            os.replace(tmp, tdir)
+        _publish(tmp, tdir)
     return TokenData(np.asarray(train), np.asarray(val), tokenizer, len(tokenizer), seq_len,
                      len(train_docs), len(val_docs), key)
 
