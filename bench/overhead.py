@@ -3,13 +3,15 @@
 Both sides train the same model (runner.models.build_model from the same composed config) on the same
 token blocks with the same batch size, AdamW param groups, LR schedule, fp32 linear cross-entropy, grad
 clipping and thread count, for the same number of steps, each in a fresh process. The sides alternate
-(runner, plain, runner, plain, ...) and the median of each is reported, under two definitions:
+(runner, plain, runner, plain, ...) and the median of each is reported, under three definitions:
 
-  step  tokens / sum of per-step times, every step. The runner's number is summary.json's tokens_per_s
-        (runner.callbacks.Throughput: on_train_batch_start -> on_train_batch_end); the plain loop times
-        forward, loss, backward, clip, optimizer step, scheduler step and zero_grad the same way.
+  step  tokens / sum of per-step times, leaving out the first min(10, steps // 10) steps. The runner's
+        number is summary.json's tokens_per_s (runner.callbacks.Throughput: on_train_batch_start -> _end);
+        the plain loop times forward, loss, backward, clip, optimizer and scheduler step, zero_grad.
   wall  tokens / wall clock from the start of step `--warmup`+1 to the end of the last step: also counts
         data loading, Lightning's loop, logger writes and callbacks between steps.
+  cpu   as wall, but over the process's CPU time (all its threads; not the wandb-core subprocess):
+        steadier than wall clock where other processes compete for the cores.
 
     python bench/overhead.py [--steps N] [--rounds R] [--threads T] [--loggers none,wandb] [-- overrides]
 """
@@ -29,6 +31,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+COLUMNS = ("step", "wall", "cpu")
+
+
+def now() -> tuple[float, float]:
+    """(wall clock, CPU time of this process: all its threads)."""
+    return time.perf_counter(), time.process_time()
 
 
 def runner_child(out: str, overrides: list[str]) -> None:
@@ -42,12 +50,12 @@ def runner_child(out: str, overrides: list[str]) -> None:
     on_start, on_end = Throughput.on_train_batch_start, Throughput.on_train_batch_end
 
     def start(self, trainer, pl_module, batch, batch_idx):
-        stamps["start"].append(time.perf_counter())
+        stamps["start"].append(now())
         on_start(self, trainer, pl_module, batch, batch_idx)
 
     def end(self, trainer, pl_module, outputs, batch, batch_idx):
         on_end(self, trainer, pl_module, outputs, batch, batch_idx)
-        stamps["end"].append(time.perf_counter())
+        stamps["end"].append(now())
         stamps["tokens"].append(batch[:, 1:].numel())
 
     Throughput.on_train_batch_start, Throughput.on_train_batch_end = start, end
@@ -71,6 +79,9 @@ def plain_child(out: str, overrides: list[str]) -> None:
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR), job_name="bench"):
         cfg = compose(config_name="config", overrides=overrides)
     hw, mc, tr, bs = cfg.hardware, cfg.method, cfg.trainer, cfg.dataset.batch_size
+    if (mc._target_, hw.accelerator, hw.precision, hw.compile, tr.accumulate_grad_batches) != \
+            ("methods.base.Method", "cpu", "32-true", False, 1):
+        sys.exit("the plain loop mirrors only the baseline method on hardware=cpu (fp32, no compile, no accumulation)")
     if hw.threads:
         torch.set_num_threads(int(hw.threads))
     torch.set_float32_matmul_precision(hw.matmul_precision)
@@ -97,7 +108,7 @@ def plain_child(out: str, overrides: list[str]) -> None:
     for step in range(total):
         i = step % per_epoch
         batch = blocks[perm[i * bs:(i + 1) * bs]]
-        stamps["start"].append(time.perf_counter())
+        stamps["start"].append(now())
         hidden = model.model(input_ids=batch[:, :-1]).last_hidden_state
         logits = (hidden.reshape(-1, hidden.shape[-1]) @ model.lm_head.weight.t()).float()
         loss = F.cross_entropy(logits, batch[:, 1:].reshape(-1))
@@ -107,21 +118,22 @@ def plain_child(out: str, overrides: list[str]) -> None:
         sched.step()
         opt.zero_grad(set_to_none=True)
         float(loss.detach())  # what a hand-written loop keeps for its log line
-        stamps["end"].append(time.perf_counter())
+        stamps["end"].append(now())
         stamps["tokens"].append(batch[:, 1:].numel())
     Path(out).write_text(json.dumps(stamps))
 
 
-def rates(stamps: dict, warmup: int) -> tuple[float, float]:
-    """(step rate over all steps, wall rate over steps after `warmup`), tokens/s."""
+def rates(stamps: dict, warmup: int) -> dict[str, float]:
+    """tokens/s: `step` as the runner's Throughput callback (which leaves out the first min(10, steps // 10)
+    steps); `wall` and `cpu` from the start of step warmup+1 to the end of the last step."""
     tok, start, end = stamps["tokens"], stamps["start"], stamps["end"]
-    step = sum(tok) / sum(e - s for s, e in zip(start, end))
-    wall = sum(tok[warmup:]) / (end[-1] - start[warmup])
-    return step, wall
+    skip, n = min(10, len(tok) // 10), sum(tok[warmup:])
+    return {"step": sum(tok[skip:]) / sum(e[0] - s[0] for s, e in zip(start[skip:], end[skip:])),
+            "wall": n / (end[-1][0] - start[warmup][0]), "cpu": n / (end[-1][1] - start[warmup][1])}
 
 
 def run_side(side: str, overrides: list[str], warmup: int, tmp: Path) -> dict:
-    out = tmp / f"{side}-{time.monotonic_ns()}.json"
+    out = tmp / f"{side.replace(':', '-')}-{time.monotonic_ns()}.json"
     runs_dir = tmp / out.stem
     child, extra = ("plain", []) if side == "plain" else ("runner", [f"logger={side.split(':')[1]}"])
     cmd = [sys.executable, __file__, "--child", child, "--out", str(out), "--",
@@ -131,15 +143,15 @@ def run_side(side: str, overrides: list[str], warmup: int, tmp: Path) -> dict:
     if proc.returncode != 0 or not out.exists():
         sys.exit(f"{side} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
     stamps = json.loads(out.read_text())
-    step, wall = rates(stamps, warmup)
+    res = rates(stamps, warmup)
     if side != "plain":  # the runner's own number, from its summary.json
-        step = json.loads(next(runs_dir.glob("*/*/summary.json")).read_text())["tokens_per_s"]
-    return {"step": step, "wall": wall, "steps": len(stamps["end"]), "proc_s": time.perf_counter() - t0}
+        res["step"] = json.loads(next(runs_dir.glob("*/*/summary.json")).read_text())["tokens_per_s"]
+    return {**res, "steps": len(stamps["end"]), "proc_s": time.perf_counter() - t0, "load": os.getloadavg()[0]}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=20, help="training steps per run (default 20)")
+    ap.add_argument("--steps", type=int, default=30, help="training steps per run (default 30)")
     ap.add_argument("--rounds", type=int, default=2, help="runs per side, alternating (default 2)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads on both sides (default: torch's)")
     ap.add_argument("--warmup", type=int, default=3, help="steps left out of the wall-clock rate (default 3)")
@@ -167,16 +179,16 @@ def main() -> None:
             for side in sides:
                 res = run_side(side, overrides, args.warmup, Path(tmp))
                 results[side].append(res)
-                print(f"  round {r + 1} {side:13s} step {res['step']:8.1f} tok/s | wall {res['wall']:8.1f} tok/s"
-                      f" | {res['steps']} steps, process {res['proc_s']:.0f}s", flush=True)
-    med = {s: {k: statistics.median(x[k] for x in v) for k in ("step", "wall")} for s, v in results.items()}
-    print(f"\n{'side':14s} | {'step tok/s (median)':>19s} | {'wall tok/s (median)':>19s} | runs")
+                print(f"  round {r + 1} {side:13s} " + " | ".join(f"{c} {res[c]:7.0f}" for c in COLUMNS) +
+                      f" tok/s | {res['steps']} steps, process {res['proc_s']:.0f}s, load {res['load']:.1f}", flush=True)
+    med = {s: {c: statistics.median(x[c] for x in v) for c in COLUMNS} for s, v in results.items()}
+    print(f"\n{'side':13s} | " + " | ".join(f"{c + ' tok/s (median)':>18s}" for c in COLUMNS) + " | runs")
     for s in sides:
-        print(f"{s:14s} | {med[s]['step']:19.1f} | {med[s]['wall']:19.1f} | {len(results[s])}")
+        print(f"{s:13s} | " + " | ".join(f"{med[s][c]:18.0f}" for c in COLUMNS) + f" | {len(results[s])}")
     for s in sides[:-1]:
-        print(f"ratio {s}/plain: step {med[s]['step'] / med['plain']['step']:.3f}"
-              f"  wall {med[s]['wall'] / med['plain']['wall']:.3f}  (target >= 0.95)")
-
+        ratios = "  ".join(f"{c} {med[s][c] / med['plain'][c]:.3f}" for c in COLUMNS)
+        rounds = " ".join(f"{a['wall'] / b['wall']:.2f}" for a, b in zip(results[s], results["plain"]))
+        print(f"ratio {s}/plain: {ratios}  (target >= 0.95; wall, round by round: {rounds})")
 
 if __name__ == "__main__":
     main()

@@ -31,7 +31,7 @@ class MethodModule(pl.LightningModule):
         self._kernels: dict[str, Any] = {}
         self.micro_batches_seen = 0
         self.tokens_seen = 0
-        self.last_train_loss = float("nan")
+        self._last_loss: torch.Tensor | None = None
         self.last_val_step = -1
         self._val_sum = torch.zeros((), dtype=torch.float64)
         self._val_count = torch.zeros((), dtype=torch.float64)
@@ -57,17 +57,26 @@ class MethodModule(pl.LightningModule):
         loss = self.method.loss(self, batch)
         n_tokens = batch[:, 1:].numel() * self.trainer.world_size
         self.tokens_seen += n_tokens
-        self.last_train_loss = float(loss.detach())
-        self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False)
-        self.log("train/tokens_seen", float(self.tokens_seen), on_step=True, on_epoch=False)
+        self._last_loss = loss.detach()  # a tensor: no device sync per step
+        self.log("train/loss", self._last_loss, prog_bar=True, on_step=True, on_epoch=False)
+        if self._logging_step():
+            self.log("train/tokens_seen", float(self.tokens_seen), on_step=True, on_epoch=False)
         return loss
 
+    def _logging_step(self) -> bool:
+        """Whether Lightning sends this step's metrics to the logger (logging costs ~1 ms a call)."""
+        return (self.trainer.global_step + 1) % self.trainer.log_every_n_steps == 0
+
+    @property
+    def last_train_loss(self) -> float:
+        return float(self._last_loss) if self._last_loss is not None else float("nan")
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if (self.trainer.global_step + 1) % self.trainer.log_every_n_steps == 0:
+        if self._logging_step():
             grads = [p.grad.detach().norm() for p in self.model.parameters() if p.grad is not None]
             if grads:
                 self.log("train/grad_norm", torch.stack(grads).norm(), on_step=True, on_epoch=False)
-        self.log("train/lr", optimizer.param_groups[0]["lr"], prog_bar=True, on_step=True, on_epoch=False)
+            self.log("train/lr", optimizer.param_groups[0]["lr"], prog_bar=True, on_step=True, on_epoch=False)
 
     def on_validation_epoch_start(self) -> None:
         self._val_sum = torch.zeros((), dtype=torch.float64, device=self.device)
