@@ -2,13 +2,17 @@
 
 One folder per op; `reference.py` is plain torch and runs anywhere. A hardware config maps each op to a
 backend (`hardware.kernels`); a backend that cannot run on this machine is an error unless the caller
-allows falling back to the reference, which is then logged.
+allows falling back to the reference, which is then logged. A Triton backend runs where CUDA is, or on
+the CPU under the Triton interpreter (`TRITON_INTERPRET=1` set before the kernel module is imported;
+correct but very slow: tests only).
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,13 +23,16 @@ log = logging.getLogger(__name__)
 class Backend:
     target: str  # "module:function"
     needs_cuda: bool = False
+    triton: bool = False  # written in Triton: also runs under the Triton interpreter
 
     def available(self) -> bool:
         if not self.needs_cuda:
             return True
+        if self.triton and importlib.util.find_spec("triton") is None:
+            return False
         import torch
 
-        return torch.cuda.is_available()
+        return torch.cuda.is_available() or (self.triton and os.environ.get("TRITON_INTERPRET") == "1")
 
     def load(self) -> Callable:
         module, fn = self.target.split(":")
@@ -34,7 +41,9 @@ class Backend:
 
 REGISTRY: dict[str, dict[str, Backend]] = {
     "cross_entropy": {
-        "reference": Backend("kernels.cross_entropy.reference:cross_entropy"),
+        "naive": Backend("kernels.cross_entropy.naive:linear_cross_entropy"),
+        "reference": Backend("kernels.cross_entropy.reference:linear_cross_entropy"),
+        "triton": Backend("kernels.cross_entropy.triton:linear_cross_entropy", needs_cuda=True, triton=True),
     },
 }
 
