@@ -7,7 +7,8 @@ fused attention (SDPA keeps no s x s matrix): the tensors saved for backward are
 SiLU, product) in the activation dtype, plus two fp32 RMSNorm inputs. With activation checkpointing a
 layer keeps only its input and one layer is recomputed at a time. The logits cost b*s*V*(2a + 8) bytes:
 logits and their gradient in the activation dtype (a bytes each) plus the fp32 upcast and its gradient
-inside the loss; a fused linear-cross-entropy kernel (Cut Cross-Entropy) removes them. torch.compile
+inside the loss, when `hardware.kernels.cross_entropy=naive`; the chunked `reference` and the Cut
+Cross-Entropy `triton` backends never hold them, so they count nothing there. torch.compile
 fuses some of these away, so compiled runs use less. Checked on an H200 (llama-60m, batch 64 x 256,
 bf16-mixed): estimate within 5% of torch.cuda.max_memory_allocated for the eager run.
 """
@@ -48,13 +49,14 @@ def estimate(cfg: DictConfig, model, method) -> dict:
         acts = L * s * b * h * ab + per_layer
     else:
         acts = L * per_layer
-    logits = b * s * V * (2 * ab + 8)
+    naive_ce = hw.kernels.get("cross_entropy", "reference") == "naive"
+    logits = b * s * V * (2 * ab + 8) if naive_ce else 0
     rows = {
         "parameters": n * pb / shard,
         "gradients": n * gb / shard,
         "optimizer state": method.optimizer_state_bytes(model) / shard,
         "activations (estimate)": acts,
-        "logits + grads": logits,
+        "logits + grads (naive CE only)": logits,
     }
     rows["total (estimate)"] = sum(rows.values())
     return {"params": n, "world_size": world, "sharded_over": shard, "micro_batch": b, "seq_len": s,
