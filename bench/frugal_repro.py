@@ -14,8 +14,14 @@ three times by the descending walk) is applied to FRUGAL, GaLore and BAdam alike
 method YAMLs' values: the AdamW baseline's lr/betas/weight decay for FRUGAL and BAdam, the FRUGAL README's
 GaLore settings (lr 0.01, scale 0.25), and the paper's state-free lr scale 1.0 (pre-training).
 
-    python bench/frugal_repro.py [--steps 200] [--update-gap 20] [--lr 0.01] [--proj-lr-scale 0.25] [--seeds 0] [--runs-dir /tmp/frugal_repro]
-                                 [--plot docs/frugal_small_scale.png] [--rerun] [-- extra runner overrides]
+GaLore's recipe gives the embeddings, norms and lm_head lr 0.01 and the matrices 0.01 x 0.25. To compare
+the algorithms rather than the lr recipes, `--lr 0.01 --proj-lr-scale 0.25` gives AdamW, FRUGAL and
+BAdam the same two learning rates (AdamW then runs as FRUGAL with ρ=1 and no re-selection, which is AdamW
+with a second lr on the matrices; FRUGAL's state-free lr is 0.01 x 0.25 x 1.0).
+
+    python bench/frugal_repro.py [--steps 200] [--update-gap 20] [--seeds 0,1] [--runs-dir /tmp/frugal_repro]
+                                 [--lr 0.01 --proj-lr-scale 0.25] [--plot docs/frugal_small_scale.png]
+                                 [--rerun] [-- extra runner overrides, e.g. hardware.threads=1]
 
 Runs that finished before (a summary.json under <runs-dir>/<run name>) are reused unless --rerun.
 """
