@@ -39,6 +39,24 @@ class Method:
         self.min_lr_ratio = float(min_lr_ratio)
 
     module_class: type | None = None  # None: MethodModule
+    # False where the method needs whole parameter matrices, which FSDP's flat shards are not (checked at
+    # config time: hardware.strategy=fsdp is refused with a one-line error).
+    supports_fsdp: bool = True
+
+    # -- kernels -----------------------------------------------------------------------------
+    # The runner binds the hardware config's `kernels:` map before any stage runs, so a method's own
+    # ops (KV quantization, ...) follow `hardware=` like the training loss does.
+    kernels_map: dict[str, str] = {}
+    kernel_fallback: bool = True
+
+    def bind_kernels(self, kernels_map: dict[str, str], fallback: bool = True) -> None:
+        self.kernels_map, self.kernel_fallback = dict(kernels_map), bool(fallback)
+
+    def kernel(self, op: str, backend: str | None = None):
+        """The `op` kernel: `backend` if given, else the hardware's choice, else the plain-torch reference."""
+        import kernels
+
+        return kernels.get(op, backend or self.kernels_map.get(op, "reference"), fallback=self.kernel_fallback)
 
     # -- stages ------------------------------------------------------------------------------
     def prepare_data(self, data: Any) -> Any:
@@ -50,7 +68,8 @@ class Method:
         return model
 
     def compress(self, model: nn.Module, data: Any) -> nn.Module:
-        """Post-training transform of a trained model."""
+        """Post-training transform of a trained model. A search may leave its curve in `self.history` (a list
+        of {name: number} rows, e.g. fitness per generation): the runner logs each row as compress/<name>."""
         return model
 
     def evaluate(self, model: nn.Module, data: Any) -> dict[str, float]:

@@ -35,7 +35,7 @@ META_FILE = "meta.json"
 @dataclass
 class ModelSchema:
     name: str
-    arch: str  # llama
+    arch: str  # llama | t5 (encoder-decoder, runner/seq2seq.py)
     hidden_size: int
     intermediate_size: int
     num_layers: int
@@ -46,7 +46,8 @@ class ModelSchema:
     tie_embeddings: bool
     rope_theta: float
     init_std: float
-    init_from: str | None  # .ckpt, run dir, local HF dir, or hf://org/name
+    init_from: str | None  # .ckpt, run dir, local HF dir, hf://org/name, a saved model.pt, or `base`
+    dropout: float = 0.0  # t5: dropout_rate (llama: unused)
 
 
 @dataclass
@@ -60,7 +61,7 @@ class TokenizerSchema:
 @dataclass
 class DatasetSchema:
     name: str
-    source: str  # stdlib-docs | hub | local
+    source: str  # stdlib-docs | hub | local | noisy-copy (generated seq2seq task)
     path: str | None
     subset: str | None
     split: str
@@ -71,6 +72,7 @@ class DatasetSchema:
     tokenizer: TokenizerSchema
     batch_size: int
     num_workers: int
+    generator: dict[str, Any] = field(default_factory=dict)  # generated tasks: the generator's arguments
 
 
 @dataclass
@@ -134,11 +136,11 @@ SECTIONS: dict[str, type] = {
     "logger": LoggerSchema,
     "paths": PathsSchema,
 }
-TOP_LEVEL = {"seed": int, "run_name": str, "resume": str | None, "dry_run": bool, "debug": bool}
+TOP_LEVEL = {"seed": int, "run_name": str, "resume": str | None, "dry_run": bool, "debug": bool, "base_steps": int}
 
 CHOICES = {
-    "model.arch": ["llama"],
-    "dataset.source": ["stdlib-docs", "hub", "local"],
+    "model.arch": ["llama", "t5"],
+    "dataset.source": ["stdlib-docs", "hub", "local", "noisy-copy"],
     "dataset.tokenizer.kind": ["train", "hf"],
     "hardware.accelerator": ["cpu", "gpu", "cuda", "auto"],
     "hardware.strategy": ["auto", "ddp", "fsdp"],
@@ -316,6 +318,26 @@ def _check_target(node: DictConfig, prefix: str, problems: list[str]) -> None:
             problems.append(f"{prefix}.{n}: required argument of {target} is not set")
 
 
+def _check_method_values(node: DictConfig, problems: list[str]) -> None:
+    """Build the method (constructors are cheap: no model, no data) so that the checks in its __init__ are
+    reported as config problems, one line each, before any work starts."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        instantiate(node, _convert_="all")
+    except InstantiationException as e:
+        cause = e.__cause__ or e
+        if not isinstance(cause, (ValueError, TypeError)):
+            raise
+        parts = str(cause).split("; ")  # a constructor may report several problems joined by "; "
+        if not all(p.startswith("method.") for p in parts):
+            parts = [str(cause)]
+        problems += [p if p.startswith("method") else f"method: {p}" for p in parts]
+    except (ValueError, TypeError) as e:
+        problems.append(f"method: {e}")
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError listing every problem in `cfg` (the composed job config)."""
     problems: list[str] = []
@@ -334,7 +356,10 @@ def validate(cfg: DictConfig) -> None:
         if key not in allowed:
             problems.append(f"{key}: unknown top-level key; {choices_hint(key, sorted(allowed))}")
     if "method" in cfg and isinstance(cfg.method, DictConfig):
+        n = len(problems)
         _check_target(cfg.method, "method", problems)
+        if len(problems) == n:
+            _check_method_values(cfg.method, problems)
     bad = {p.split(":")[0].split("=")[0] for p in problems}
     problems += _semantic_checks(cfg, bad)
     if problems:
@@ -364,10 +389,20 @@ def _semantic_checks(cfg: DictConfig, bad: set[str]) -> list[str]:
         out.append(f"model.hidden_size ({m.hidden_size}) must be divisible by model.num_heads ({m.num_heads})")
     if ok("model.num_kv_heads", "model.num_heads") and m.num_kv_heads is not None and m.num_heads % m.num_kv_heads:
         out.append(f"model.num_kv_heads ({m.num_kv_heads}) must divide model.num_heads ({m.num_heads})")
-    if (ok("model.vocab_size", "dataset.tokenizer") and m.vocab_size is None and d.tokenizer.kind == "train"
-            and d.tokenizer.vocab_size is None):
+    if (ok("model.vocab_size", "dataset.tokenizer", "dataset.source") and m.vocab_size is None
+            and d.tokenizer.kind == "train" and d.tokenizer.vocab_size is None and d.source != "noisy-copy"):
         out.append("model.vocab_size: null needs dataset.tokenizer.vocab_size to be set")
-    if ok("model.init_from") and m.init_from and not str(m.init_from).startswith("hf://") \
+    if ok("dataset.source", "dataset.generator") and d.source == "noisy-copy":
+        from methods.losses.noisy_copy import NoisyCopy
+
+        try:
+            NoisyCopy(**dict(d.get("generator") or {}))
+        except TypeError as e:
+            valid = [p for p in inspect.signature(NoisyCopy).parameters]
+            out.append(f"dataset.generator: {str(e).split('got ')[-1]}; choose keys from: {', '.join(valid)}")
+        except ValueError as e:
+            out.append(str(e))
+    if ok("model.init_from") and m.init_from and m.init_from != "base" and not str(m.init_from).startswith("hf://") \
             and not Path(m.init_from).expanduser().exists():
         out.append(f"model.init_from: no such file or directory: {m.init_from}")
     if ok("dataset.source", "dataset.path"):
@@ -379,6 +414,20 @@ def _semantic_checks(cfg: DictConfig, bad: set[str]) -> list[str]:
         out.append("dataset.tokenizer.name: tokenizer.kind=hf needs a hub name or a local directory")
     if ok("dataset.val_fraction") and not 0.0 < d.val_fraction < 1.0:
         out.append(f"dataset.val_fraction: must be in (0, 1), got {d.val_fraction}")
+    if ok("model.arch", "hardware.compile", "hardware.strategy") and m.arch == "t5":
+        unsupported = [k for k, on in (("dry_run=true", cfg.get("dry_run") is True),
+                                       ("hardware.compile=true", cfg.hardware.compile is True),
+                                       ("hardware.strategy=fsdp", cfg.hardware.strategy == "fsdp")) if on]
+        if unsupported:
+            out.append(f"model.arch: t5 (encoder-decoder) does not support {', '.join(unsupported)} yet; "
+                       "they assume a decoder-only model (model=llama-*)")
+    if ok("base_steps") and cfg.base_steps <= 0:
+        out.append(f"base_steps: must be positive, got {cfg.base_steps}")
+    if ok("method._target_", "hardware.strategy") and cfg.hardware.strategy == "fsdp":
+        cls = import_target(cfg.method._target_)
+        if not getattr(cls, "supports_fsdp", True):
+            out.append(f"hardware.strategy: method={cfg.method.get('name', cls.__name__)} does not run under fsdp "
+                       "(it needs whole parameter matrices; FSDP shards them flat); choose one of: auto, ddp")
     r = cfg.get("resume")
     if ok("resume") and r not in (None, "auto") and not Path(str(r)).expanduser().is_dir():
         out.append(f"resume: no such run directory: {r} (give a run directory or resume=auto)")

@@ -212,6 +212,10 @@ class TokenData:
 
 
 def build_data(d: DictConfig, seq_len: int, cache_dir: str) -> TokenData:
+    if d.source == "noisy-copy":  # a generated seq2seq task: runner.seq2seq.Seq2SeqData
+        from runner.seq2seq import build_seq2seq_data
+
+        return build_seq2seq_data(d, seq_len)
     cache = Path(cache_dir).expanduser()
     docs = load_documents(d)
     train_docs, val_docs = split_documents(docs, float(d.val_fraction))

@@ -52,14 +52,23 @@ def _state_dict_from_ckpt(path: Path) -> dict[str, torch.Tensor]:
 
 
 def build_model(m: DictConfig, vocab_size: int, device: str | torch.device | None = None):
-    """A causal LM per `m`. `m.init_from`: a .ckpt of ours, a run directory, a local HF directory, or hf://name."""
+    """A causal LM per `m`. `m.init_from`: a .ckpt of ours, a run directory, a local HF directory, hf://name, or a
+    model.pt saved by a compress stage (`base` is resolved to a run directory by the runner first)."""
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
+    if m.arch == "t5":  # encoder-decoder (runner/seq2seq.py)
+        from runner.seq2seq import build_t5
+
+        return build_t5(m, vocab_size, device)
     src = m.init_from
     if src and (str(src).startswith("hf://") or (Path(src).expanduser() / "config.json").exists()):
         name = str(src).removeprefix("hf://")
         log.info("loading HF weights from %s", name)
         model = AutoModelForCausalLM.from_pretrained(str(Path(name).expanduser()) if not str(src).startswith("hf://") else name)
+        return model.to(device) if device else model
+    if src and Path(src).suffix == ".pt":  # a whole saved module (compressed models change shapes)
+        log.info("loading the saved model %s", src)
+        model = torch.load(Path(src).expanduser(), map_location="cpu", weights_only=False)
         return model.to(device) if device else model
     with torch.device(device or "cpu"):
         model = LlamaForCausalLM(hf_config(m, vocab_size))

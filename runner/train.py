@@ -75,11 +75,99 @@ _QUIET = (r".*weights_only.*", r".*LeafSpec.*", r".*does not have many workers.*
           r".*predict_dataloader.*", r".*_pytree.*")
 
 
-def run(cfg: DictConfig) -> dict:
+def _resolve_base(cfg: DictConfig, method) -> DictConfig:
+    """`model.init_from=base`, or a method that does not train on a random model: the cached base model."""
+    if cfg.model.init_from is None and not method.trains:
+        log.info("method=%s does not train: it runs on the cached base model (model.init_from=base); "
+                 "give model.init_from=<run dir | .ckpt | HF dir> to use another", method.name)
+    elif cfg.model.init_from != "base":
+        return cfg
+    from runner.basemodel import ensure_base
+
+    path = ensure_base(cfg)
+    cfg = cfg.copy()
+    cfg.model.init_from = str(path)
+    return cfg
+
+
+def _val_loss(trainer, module, val_dl) -> float:
+    trainer.validate(module, dataloaders=val_dl, verbose=False)
+    return float(trainer.callback_metrics["val/loss"])
+
+
+def _compress_stage(trainer, module, method, data, val_dl, run_dir: Path) -> dict[str, Any]:
+    """Evaluate, compress, evaluate again with the same evaluator; KL to the dense model; save the result."""
+    import copy
+
+    import torch
+
+    from runner.models import count_params
+
+    module.model.eval()
+    dense = copy.deepcopy(module.model)
+    loss_before = _val_loss(trainer, module, val_dl)
+    params_before, nnz_before = count_params(dense), _nonzeros(dense)
+    t0 = time.perf_counter()
+    with torch.random.fork_rng():
+        module.model = method.compress(module.model, data)
+    compress_s = time.perf_counter() - t0
+    if trainer.logger is not None:  # a search's curve (EvoPress: fitness per generation), one row per point
+        for row in getattr(method, "history", None) or []:
+            trainer.logger.log_metrics({f"compress/{k}": float(v) for k, v in row.items()})
+    module.model.eval()
+    loss_after = _val_loss(trainer, module, val_dl)
+    kl = _next_token_kl(dense, module.model, val_dl, module.device)
+    out_dir = run_dir / "compressed"
+    out_dir.mkdir(exist_ok=True)
+    torch.save(module.model, out_dir / "model.pt")
+    data.tokenizer.save_pretrained(str(out_dir / "tokenizer"))
+    out = {
+        "compress/val_loss_before": loss_before, "compress/val_ppl_before": math.exp(loss_before),
+        "compress/val_loss_after": loss_after, "compress/val_ppl_after": math.exp(loss_after),
+        "compress/kl_to_dense": kl,
+        "compress/params_before": params_before, "compress/params_after": count_params(module.model),
+        "compress/nonzeros_before": nnz_before, "compress/nonzeros_after": _nonzeros(module.model),
+        "compress/file_mib": (out_dir / "model.pt").stat().st_size / 2**20,
+        "compress/seconds": compress_s,
+        "compress/saved": str(out_dir / "model.pt"),
+    }
+    log.info("compress: val ppl %.2f -> %.2f | KL to dense %.4f | params %.2fM -> %.2fM | non-zeros %.2fM -> %.2fM "
+             "| saved %s (load it with model.init_from=)", out["compress/val_ppl_before"], out["compress/val_ppl_after"],
+             kl, params_before / 1e6, out["compress/params_after"] / 1e6, nnz_before / 1e6,
+             out["compress/nonzeros_after"] / 1e6, out["compress/saved"])
+    return out
+
+
+def _nonzeros(model) -> int:
+    return sum(int((p != 0).sum()) for p in model.parameters())
+
+
+def _next_token_kl(dense, compressed, loader, device) -> float:
+    """Mean over validation tokens of KL(p_dense || p_compressed) of the next-token distributions."""
+    import torch
+
+    total, count = 0.0, 0
+    dense.to(device)
+    with torch.no_grad():
+        for batch in loader:
+            ids = batch[:, :-1].to(device)
+            lp = torch.log_softmax(dense(input_ids=ids).logits.float(), -1)
+            lq = torch.log_softmax(compressed(input_ids=ids).logits.float(), -1)
+            total += float((lp.exp() * (lp - lq)).sum())
+            count += ids.numel()
+    return total / max(count, 1)
+
+
+def run(cfg: DictConfig, run_dir: Path | None = None, identity: str | None = None) -> dict:
+    """Run `cfg`. Under Hydra the run directory and identity come from Hydra; a nested run (the cached base
+    model) passes them."""
     for pattern in _QUIET:  # Lightning's advice that does not apply to this runner
         warnings.filterwarnings("ignore", message=pattern)
     validate(cfg)
-    run_dir, identity, sweep_group = _hydra_info()
+    if run_dir is None:
+        run_dir, identity, sweep_group = _hydra_info()
+    else:
+        run_dir, identity, sweep_group = Path(run_dir).resolve(), identity or "", None
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.dry_run:
         from runner.dryrun import plan
@@ -96,12 +184,23 @@ def run(cfg: DictConfig) -> dict:
     from runner.data import build_data, eval_targets, make_loaders
     from runner.models import build_model, count_params, model_vocab_size
 
+    seq2seq = cfg.model.arch == "t5"
+    if seq2seq or cfg.dataset.source == "noisy-copy":  # encoder-decoder: (B, 2, L) batches, BLEU (runner/seq2seq.py)
+        from runner.seq2seq import Seq2SeqModule as MethodModule  # noqa: F811
+        from runner.seq2seq import check_pairing, eval_targets, make_loaders  # noqa: F811
+
+        check_pairing(cfg)
+
     for name in ("lightning.pytorch", "lightning.fabric"):  # its banner and tips (set on import, so after it)
         logging.getLogger(name).setLevel(logging.WARNING)
     hw, tr = cfg.hardware, cfg.trainer
     if hw.threads:
         torch.set_num_threads(int(hw.threads))
     torch.set_float32_matmul_precision(hw.matmul_precision)
+
+    method = instantiate(cfg.method, _convert_="all")
+    method.bind_kernels(dict(hw.kernels), hw.kernel_fallback)
+    cfg = _resolve_base(cfg, method)
 
     # -- resume: the run directory is the old one (hydra.run.dir); find its checkpoint -----------------
     meta = _load_meta(run_dir)
@@ -121,7 +220,6 @@ def run(cfg: DictConfig) -> dict:
     t_start = time.perf_counter()
 
     # -- build -------------------------------------------------------------------------------
-    method = instantiate(cfg.method, _convert_="all")
     data = build_data(cfg.dataset, cfg.model.seq_len, cfg.paths.cache_dir)
     if "prepare_data" in method.stages:
         data = method.prepare_data(data)
@@ -170,12 +268,19 @@ def run(cfg: DictConfig) -> dict:
         trainer.fit(module, train_dataloaders=train_dl, val_dataloaders=val_dl,
                     ckpt_path=str(ckpt) if ckpt else None)
         trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    compressed: dict[str, Any] = {}
     if "compress" in method.stages:
-        module.model = method.compress(module.model, data)
-    if "compress" in method.stages or module.last_val_step != trainer.global_step:
+        compressed = _compress_stage(trainer, module, method, data, val_dl, run_dir)
+    elif module.last_val_step != trainer.global_step:
         trainer.validate(module, dataloaders=val_dl, verbose=False)
     val_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-    extra = method.evaluate(module.model, data) if "evaluate" in method.stages else {}
+    if "evaluate" in method.stages:
+        module.model.eval()
+        extra = method.evaluate(module.model, data)
+    else:
+        extra = {}
+    if seq2seq:
+        extra = {**data.evaluate(module.model), **extra}
 
     summary = {
         "train/loss": module.last_train_loss,
@@ -192,12 +297,14 @@ def run(cfg: DictConfig) -> dict:
         "steps": trainer.global_step,
         "wall_s": time.perf_counter() - t_start,
         "stages": method.stages,
+        **compressed,
         **{f"eval/{k}": v for k, v in extra.items()},
     }
     if torch.cuda.is_available() and hw.accelerator != "cpu":
         summary["gpu/peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    if extra and logger:
-        logger.log_metrics({f"eval/{k}": v for k, v in extra.items()}, step=trainer.global_step)
+    if (extra or compressed) and logger:
+        numbers = {k: v for k, v in compressed.items() if isinstance(v, (int, float))}
+        logger.log_metrics({**numbers, **{f"eval/{k}": v for k, v in extra.items()}}, step=trainer.global_step)
     summary = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in summary.items()}
     if trainer.is_global_zero:
         _write_json(run_dir / "summary.json", {**summary, "run_dir": str(run_dir), "wandb_id": run_id,

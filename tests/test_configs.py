@@ -6,26 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from runner.config import CONFIG_DIR, group_options, register_resolvers, validate
+from runner.config import CONFIG_DIR, group_options, validate
 from runner.errors import ConfigError
-from tests.conftest import REPO
+from tests.conftest import REPO, compose_cfg
 
 GROUPS = ("model", "method", "dataset", "hardware", "trainer", "logger", "experiment")
 SWEEPS = sorted(p.stem for p in (REPO / "sweeps").glob("*.yaml"))
-
-
-def compose_cfg(overrides: list[str], return_hydra_config: bool = False):
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-            return compose("config", overrides=overrides, return_hydra_config=return_hydra_config)
-    finally:
-        GlobalHydra.instance().clear()
 
 
 def _group_yamls(group: str) -> list[str]:

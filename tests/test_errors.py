@@ -14,8 +14,7 @@ from omegaconf import open_dict
 from runner.cli import EXIT_CONFIG
 from runner.config import validate
 from runner.errors import ConfigError
-from tests.conftest import run_cli
-from tests.test_configs import compose_cfg
+from tests.conftest import compose_cfg, run_cli
 
 # id -> (overrides, [substrings every one of which stderr must contain])
 CASES = {
@@ -31,6 +30,11 @@ CASES = {
     "two-bad-types": (["trainer.max_steps=abc", "trainer.log_every_n_steps=x"],
                       ["trainer.max_steps", "trainer.log_every_n_steps"]),
     "two-unknown-keys": (["foo=1", "model.hidden_sze=3"], ["foo", "model.hidden_sze"]),
+    "frugal-under-fsdp": (["method=frugal", "hardware=h100x8"], ["hardware.strategy", "frugal", "fsdp", "ddp"]),
+    "bad-base-steps": (["base_steps=0"], ["base_steps", "positive"]),
+    "t5-dry-run": (["model=t5-tiny", "dataset=noisy-copy", "dry_run=true"], ["model.arch", "t5", "dry_run=true"]),
+    # a method's own checks (its __init__) run in preflight too, one line per problem
+    "method-value": (["method=gear", "method.bits=3", "method.group_size=0"], ["method.bits", "1, 2, 4, 8", "method.group_size"]),
 }
 UNKNOWN_KEY_CASES = {"unknown-top-key", "unknown-nested-key", "method-arg-typo", "two-unknown-keys"}
 DEBUG_CASE = (["debug=true", "trainer.max_steps=abc"], ["trainer.max_steps"])

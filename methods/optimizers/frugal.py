@@ -331,6 +331,8 @@ class FRUGAL(torch.optim.Optimizer):
 class Frugal(Method):
     """FRUGAL as a method: the projectable weights split by `FRUGAL`, under the runner's warmup + cosine lr."""
 
+    supports_fsdp = False  # subspaces are rows/columns/blocks of whole matrices
+
     def __init__(self, name: str = "frugal", lr: float = 3e-3, betas: tuple[float, float] = (0.9, 0.95),
                  eps: float = 1e-8, weight_decay: float = 0.1, warmup_steps: int = 20, min_lr_ratio: float = 0.1,
                  density: float = 0.25, update_gap: int = 200, subspace: str = "block", block_order: str = "random",

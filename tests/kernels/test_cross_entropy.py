@@ -17,12 +17,11 @@ import os
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 import kernels
 from kernels.cross_entropy import linear_cross_entropy
 from kernels.cross_entropy import reference as ref_backend
+from kernels.tracking import LargestAllocation
 
 HAS_CUDA = torch.cuda.is_available()
 HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -161,19 +160,6 @@ def test_reference_no_ignored_tokens_and_all_ignored(small_chunks):
         assert linear_cross_entropy(e, c, t_all, backend=backend, reduction="sum") == 0
 
 
-class AllocationTracker(TorchDispatchMode):
-    """Largest storage (in elements) among the tensors that any aten op returns, forward and backward."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for x in tree_leaves(out):
-            if isinstance(x, torch.Tensor):
-                self.largest = max(self.largest, x.untyped_storage().nbytes() // x.element_size())
-        return out
 
 
 def test_reference_never_allocates_n_by_v_but_naive_does():
@@ -184,7 +170,7 @@ def test_reference_never_allocates_n_by_v_but_naive_does():
     largest = {}
     for backend in ("naive", "reference"):
         e_, c_, b_ = (x.clone().requires_grad_() for x in (e, c, b))
-        with AllocationTracker() as tracker:
+        with LargestAllocation() as tracker:
             loss, lse = linear_cross_entropy(e_, c_, t, bias=b_, shift=1, backend=backend, return_lse=True)
             (loss + lse.square().mean()).backward()
         largest[backend] = tracker.largest

@@ -9,29 +9,18 @@ import math
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from methods.optimizers.frugal import FRUGAL, Frugal, projectable_parameters, select_blocks
 from tests.conftest import TINY, run_cli, run_dirs
+from tests.helpers import tiny_llama
 
 VOCAB = 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is fastest, and immune to other processes competing for the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def llama(layers: int = 2, device: str = "cpu", seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=16, use_cache=False)
-    with torch.device(device):
-        return LlamaForCausalLM(cfg)
+    return tiny_llama(VOCAB, layers=layers, max_pos=16, seed=seed, device=device)
 
 
 BATCHES = [torch.randint(0, VOCAB, (4, 16), generator=torch.Generator().manual_seed(s)) for s in range(20)]

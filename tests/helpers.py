@@ -1,0 +1,20 @@
+"""Builders shared by the tests: small random transformers models."""
+
+from __future__ import annotations
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+
+def tiny_llama(vocab: int, *, hidden: int = 32, intermediate: int = 64, layers: int = 2, heads: int = 4,
+               kv_heads: int | None = None, max_pos: int = 32, init_std: float = 0.02, seed: int | None = 0,
+               attn: str | None = None, device: str | torch.device = "cpu") -> LlamaForCausalLM:
+    """A randomly initialised Llama (RoPE, SwiGLU, no cache by default); `seed` None keeps the global RNG."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    extra = {"attn_implementation": attn} if attn else {}
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+                      num_attention_heads=heads, num_key_value_heads=kv_heads or heads, max_position_embeddings=max_pos,
+                      initializer_range=init_std, use_cache=False, **extra)
+    with torch.device(device):
+        return LlamaForCausalLM(cfg)
