@@ -45,6 +45,10 @@ REGISTRY: dict[str, dict[str, Backend]] = {
         "reference": Backend("kernels.cross_entropy.reference:linear_cross_entropy"),
         "triton": Backend("kernels.cross_entropy.triton:linear_cross_entropy", needs_cuda=True, triton=True),
     },
+    "kv_quant": {
+        "reference": Backend("kernels.kv_quant.reference:kv_quant"),
+        "triton": Backend("kernels.kv_quant.triton:kv_quant", needs_cuda=True, triton=True),
+    },
 }
 
 
