@@ -1,0 +1,175 @@
+"""Essential sparsity at small scale: the performance-vs-sparsity curve of one-shot global magnitude pruning of
+the trained base model, its knee, and a plot (docs/essential_sparsity.png).
+
+The runner's cached base model (`model.init_from=base`: the configured model, default llama-tiny, trained
+`base_steps` steps on the configured corpus, once) is pruned at every sparsity of the grid (default 0, 10,
+..., 90%, as `sweeps/essential_sparsity.yaml`), in process, and scored on the first `--val-blocks`
+validation blocks: loss, perplexity and next-token KL to the dense model. With `--finetune-steps N` a second
+curve fine-tunes each pruned model N steps with its mask fixed (`method.finetune_*`). The knee (the
+"essential sparsity") is the point of maximum curvature of the validation-loss curve.
+
+`--via-runner` runs the same grid as one `python -m runner -m +sweep=essential_sparsity` multirun instead
+(each job: before/after evaluation, KL and the saved model, in the runner's summary.json) and reads back
+`compress/val_loss_after` of every job.
+
+    python bench/essential_sparsity.py [--grid 0,0.1,...,0.9] [--val-blocks 64] [--finetune-steps 0]
+                                       [--via-runner] [--plot docs/essential_sparsity.png] [-- runner overrides]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+GRID = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from runner.config import CONFIG_DIR, register_resolvers
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+            return hydra_compose(config_name="config", overrides=overrides)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def load_base(overrides: list[str]):
+    """(dense model in eval mode, TokenData, config) of the runner's cached base model for `overrides`."""
+    import torch
+
+    from runner.basemodel import ensure_base
+    from runner.data import build_data
+    from runner.models import build_model, model_vocab_size
+
+    cfg = compose([*overrides, "model.init_from=base"])
+    with torch.random.fork_rng():
+        cfg.model.init_from = str(ensure_base(cfg))
+    data = build_data(cfg.dataset, cfg.model.seq_len, cfg.paths.cache_dir)
+    model = build_model(cfg.model, model_vocab_size(cfg.model, data.vocab_size)).eval()
+    return model, data, cfg
+
+
+def loss_and_kl(dense, model, blocks, batch: int = 16) -> tuple[float, float]:
+    """Mean next-token cross-entropy of `model` on `blocks` and mean KL(dense || model) per token."""
+    import torch
+    import torch.nn.functional as F
+
+    ce = kl = 0.0
+    n = 0
+    with torch.no_grad():
+        for i in range(0, len(blocks), batch):
+            b = blocks[i:i + batch]
+            lq = torch.log_softmax(model(input_ids=b[:, :-1]).logits.float(), -1)
+            lp = torch.log_softmax(dense(input_ids=b[:, :-1]).logits.float(), -1)
+            ce += float(F.nll_loss(lq.flatten(0, 1), b[:, 1:].flatten(), reduction="sum"))
+            kl += float((lp.exp() * (lp - lq)).sum())
+            n += b[:, 1:].numel()
+    return ce / n, kl / n
+
+
+def sweep_in_process(grid: list[float], args) -> tuple[dict, dict | None, object]:
+    import torch
+    from hydra.utils import instantiate
+
+    torch.set_num_threads(args.threads)
+    dense, data, cfg = load_base(args.overrides)
+    val = data.blocks("val")[: args.val_blocks]
+    one_shot, tuned = {}, ({} if args.finetune_steps else None)
+    for s in grid:
+        t0 = time.perf_counter()
+        for steps, curve in ((0, one_shot), (args.finetune_steps, tuned)):
+            if curve is None:
+                continue
+            mcfg = compose([*args.overrides, "method=essential_sparsity", f"method.sparsity={s}",
+                            f"method.finetune_steps={steps}", *args.method]).method
+            method = instantiate(mcfg, _convert_="all")
+            with torch.random.fork_rng():
+                model = method.compress(copy.deepcopy(dense), data).eval()
+            loss, kl = loss_and_kl(dense, model, val)
+            curve[s] = {"loss": loss, "kl": kl, "sparsity": method.evaluate(model, data)["sparsity"]}
+        print(f"  s={s:.2f}: val loss {one_shot[s]['loss']:.4f}"
+              + (f", fine-tuned {tuned[s]['loss']:.4f}" if tuned else "") + f"  ({time.perf_counter() - t0:.1f}s)",
+              flush=True)
+    return one_shot, tuned, cfg
+
+
+def sweep_via_runner(grid: list[float], args) -> tuple[dict, None, object]:
+    runs = Path(args.runs_dir)
+    cmd = [sys.executable, "-m", "runner", "-m", "+sweep=essential_sparsity", f"method.sparsity={','.join(map(str, grid))}",
+           "logger=none", f"paths.runs_dir={runs}", *args.method, *args.overrides]
+    print("  " + " ".join(cmd[2:]), flush=True)
+    t0 = time.time()
+    subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "CI": "1"})
+    curve = {}
+    for path in runs.glob("*/multirun_*/*/summary.json"):
+        if path.stat().st_mtime < t0:
+            continue
+        summary = json.loads(path.read_text())
+        s = float(summary["config"]["method"]["sparsity"])
+        curve[s] = {"loss": summary["compress/val_loss_after"], "kl": summary["compress/kl_to_dense"],
+                    "sparsity": summary.get("eval/sparsity", s)}
+    if sorted(curve) != sorted(grid):
+        raise SystemExit(f"expected summaries for {grid}, found {sorted(curve)} under {runs}")
+    return dict(sorted(curve.items())), None, compose(args.overrides)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--grid", default=GRID, help="comma-separated sparsities (default 0..0.9 by 0.1)")
+    ap.add_argument("--val-blocks", type=int, default=64, help="validation blocks scored (in-process mode)")
+    ap.add_argument("--finetune-steps", type=int, default=0, help="also fine-tune each pruned model, mask fixed")
+    ap.add_argument("--method", nargs="*", default=[], help="method overrides, e.g. method.finetune_lr=1e-4")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--via-runner", action="store_true", help="one runner multirun instead of in process")
+    ap.add_argument("--runs-dir", default="/tmp/essential_sparsity_runs")
+    ap.add_argument("--plot", type=Path, default=REPO / "docs" / "essential_sparsity.png")
+    ap.add_argument("overrides", nargs="*", help="runner overrides (after --)")
+    args = ap.parse_args()
+
+    from methods.compression.essential_sparsity import essential_sparsity, plot_sparsity_curve
+
+    grid = [float(s) for s in args.grid.split(",")]
+    one_shot, tuned, cfg = (sweep_via_runner if args.via_runner else sweep_in_process)(grid, args)
+    xs = list(one_shot)
+    knee = essential_sparsity(xs, [one_shot[s]["loss"] for s in xs])
+    knee_tuned = essential_sparsity(xs, [tuned[s]["loss"] for s in xs]) if tuned else None
+
+    print(f"\n{cfg.model.name} (hidden {cfg.model.hidden_size}, {cfg.model.num_layers} layers) trained "
+          f"{cfg.base_steps} steps on {cfg.dataset.name}; one-shot global magnitude pruning of the attention/MLP "
+          f"weights{'' if args.via_runner else f'; {args.val_blocks} val blocks'}\n")
+    head = "| sparsity | val loss | val ppl | KL to dense |" + (f" fine-tuned ({args.finetune_steps} steps) val ppl |" if tuned else "")
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    for s in xs:
+        r = one_shot[s]
+        row = f"| {100 * r['sparsity']:.0f}% | {r['loss']:.4f} | {math.exp(r['loss']):.2f} | {r['kl']:.4f} |"
+        if tuned:
+            row += f" {math.exp(tuned[s]['loss']):.2f} |"
+        print(row)
+    print(f"\nessential sparsity (maximum curvature of val loss vs sparsity): {100 * knee:.0f}%"
+          + (f"; fine-tuned curve: {100 * knee_tuned:.0f}%" if tuned else ""))
+    extra = {f"fine-tuned {args.finetune_steps} steps, mask fixed": (xs, [tuned[s]["loss"] for s in xs])} if tuned else None
+    path = plot_sparsity_curve(xs, [one_shot[s]["loss"] for s in xs], knee, args.plot, ylabel="validation loss",
+                               title=f"{cfg.model.name}, {cfg.base_steps} steps on {cfg.dataset.name}: essential sparsity",
+                               extra=extra)
+    print(f"plot: {path}")
+
+
+if __name__ == "__main__":
+    main()
