@@ -103,5 +103,6 @@ class LineProgress(pl.Callback):
             return
         m = trainer.callback_metrics
         if "val/loss" in m:
-            print(f"val  {trainer.global_step}/{trainer.max_steps} | val/loss {float(m['val/loss']):.4f} | "
+            at = f"{trainer.global_step}/{trainer.max_steps}" if trainer.global_step else "step 0"
+            print(f"val  {at} | val/loss {float(m['val/loss']):.4f} | "
                   f"val/ppl {float(m['val/ppl']):.2f}", file=self.stream, flush=True)
