@@ -25,37 +25,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from bench.common import run_one  # noqa: E402
 
 METHODS = {"ce": ["method=adamw"],
            "eisl": ["method=eisl"],
            "eisl-free": ["method=eisl", "method.teacher_forcing=0.0"]}
-
-
-def run_one(name: str, overrides: list[str], runs_dir: Path, rerun: bool) -> dict:
-    done = sorted(runs_dir.glob(f"{name}/*/summary.json"), key=lambda p: p.stat().st_mtime)
-    if not done or rerun:
-        cmd = [sys.executable, "-m", "runner", *overrides, f"run_name={name}", f"paths.runs_dir={runs_dir}"]
-        print(f"  {name}: {' '.join(cmd[3:])}", flush=True)
-        t0 = time.time()
-        log = runs_dir / f"{name}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("w") as f:
-            proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "CI": "1"})
-        if proc.returncode != 0:
-            raise SystemExit(f"{name} failed ({proc.returncode}); see {log}")
-        done = sorted(runs_dir.glob(f"{name}/*/summary.json"), key=lambda p: p.stat().st_mtime)
-        print(f"  {name}: done in {time.time() - t0:.0f}s", flush=True)
-    else:
-        print(f"  {name}: reusing {done[-1].parent}", flush=True)
-    return json.loads(done[-1].read_text())
 
 
 def cell(values: list[float], fmt: str = "{:.1f}") -> str:
@@ -92,7 +73,8 @@ def main() -> None:
         for seed in seeds:
             name = f"eisl-repro-{method}-shuffle{k}-seed{seed}-steps{args.steps}"
             overrides = [*base, *METHODS[method], f"dataset.generator.shuffle={k}", f"seed={seed}"]
-            results.setdefault((method, k), []).append(run_one(name, overrides, args.runs_dir, args.rerun))
+            results.setdefault((method, k), []).append(
+                json.loads((run_one(name, overrides, args.runs_dir, args.rerun) / "summary.json").read_text()))
 
     def row(method: str, k: int) -> tuple[str, str]:
         runs = results[(method, k)]

@@ -31,28 +31,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-
-
-def load_base(overrides: list[str]):
-    """(model, data) of the runner's cached base model for `python -m runner <overrides>`."""
-    from hydra import compose, initialize_config_dir
-
-    from runner.basemodel import ensure_base
-    from runner.config import CONFIG_DIR, register_resolvers
-    from runner.data import build_data
-    from runner.models import build_model, model_vocab_size
-
-    register_resolvers()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR), job_name="bench"):
-        cfg = compose(config_name="config", overrides=[*overrides, "model.init_from=base"])
-    import torch
-
-    with torch.random.fork_rng():
-        path = ensure_base(cfg)
-    cfg.model.init_from = str(path)
-    data = build_data(cfg.dataset, cfg.model.seq_len, cfg.paths.cache_dir)
-    model = build_model(cfg.model, model_vocab_size(cfg.model, data.vocab_size)).float().eval()
-    return model, data, cfg, path
+from runner.basemodel import load_base  # noqa: E402
 
 
 def val_scores(dense, model, blocks, batch: int = 8) -> tuple[float, float]:
@@ -89,7 +68,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    model, data, cfg, path = load_base(args.overrides)
+    model, data, cfg = load_base(args.overrides)
+    path = cfg.model.init_from
     val = data.blocks("val")[: args.val_blocks]
     n_params = sum(p.numel() for p in model.parameters())
     print(f"base model {cfg.model.name} ({n_params / 1e6:.2f}M parameters, {cfg.model.num_layers} layers, "

@@ -28,56 +28,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-
-
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from runner.config import CONFIG_DIR, register_resolvers
-
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-            return hydra_compose(config_name="config", overrides=overrides)
-    finally:
-        GlobalHydra.instance().clear()
-
-
-def load_base(overrides: list[str]):
-    """(dense model in eval mode, TokenData, config) of the runner's cached base model for `overrides`."""
-    import torch
-
-    from runner.basemodel import ensure_base
-    from runner.data import build_data
-    from runner.models import build_model, model_vocab_size
-
-    cfg = compose([*overrides, "model.init_from=base"])
-    with torch.random.fork_rng():
-        cfg.model.init_from = str(ensure_base(cfg))
-    data = build_data(cfg.dataset, cfg.model.seq_len, cfg.paths.cache_dir)
-    model = build_model(cfg.model, model_vocab_size(cfg.model, data.vocab_size)).eval()
-    return model, data, cfg
-
-
-def loss_and_kl(dense, model, blocks, batch: int = 16) -> tuple[float, float]:
-    """Mean next-token cross-entropy of `model` on `blocks` and mean KL(dense || model) per token."""
-    import torch
-    import torch.nn.functional as F
-
-    ce = kl = 0.0
-    n = 0
-    with torch.no_grad():
-        for i in range(0, len(blocks), batch):
-            b = blocks[i:i + batch]
-            lq = torch.log_softmax(model(input_ids=b[:, :-1]).logits.float(), -1)
-            lp = torch.log_softmax(dense(input_ids=b[:, :-1]).logits.float(), -1)
-            ce += float(F.nll_loss(lq.flatten(0, 1), b[:, 1:].flatten(), reduction="sum"))
-            kl += float((lp.exp() * (lp - lq)).sum())
-            n += b[:, 1:].numel()
-    return ce / n, kl / n
+from bench.common import loss_and_kl  # noqa: E402
+from runner.basemodel import load_base  # noqa: E402
+from runner.config import compose  # noqa: E402
 
 
 def forward_speedup(dense, pruned, ids, repeats: int) -> tuple[float, float]:

@@ -32,15 +32,13 @@ import argparse
 import csv
 import json
 import math
-import os
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from bench.common import run_one  # noqa: E402
 
 # (label, slug, method overrides); "{T}" is the update gap
 METHODS = [("adamw", "adamw", ["method=adamw"]),
@@ -48,25 +46,6 @@ METHODS = [("adamw", "adamw", ["method=adamw"]),
            ("frugal ρ=0", "frugal-rho0", ["method=frugal", "method.density=0.0", "method.update_gap={T}"]),
            ("galore", "galore", ["method=galore", "method.update_gap={T}"]),
            ("badam", "badam", ["method=badam", "method.update_gap={T}"])]
-
-
-def run_one(name: str, overrides: list[str], runs_dir: Path, rerun: bool) -> Path:
-    done = sorted(runs_dir.glob(f"{name}/*/summary.json"), key=lambda p: p.stat().st_mtime)
-    if done and not rerun:
-        print(f"  {name}: reusing {done[-1].parent}", flush=True)
-        return done[-1].parent
-    cmd = [sys.executable, "-m", "runner", *overrides, f"run_name={name}", f"paths.runs_dir={runs_dir}"]
-    print(f"  {name}: {' '.join(cmd[2:])}", flush=True)
-    t0 = time.time()
-    log = runs_dir / f"{name}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w") as f:
-        proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "CI": "1"})
-    if proc.returncode != 0:
-        raise SystemExit(f"{name} failed ({proc.returncode}); see {log}")
-    run = sorted(runs_dir.glob(f"{name}/*/summary.json"), key=lambda p: p.stat().st_mtime)[-1].parent
-    print(f"  {name}: done in {time.time() - t0:.0f}s -> {run}", flush=True)
-    return run
 
 
 def curves(run: Path) -> dict[str, list[tuple[int, float]]]:

@@ -32,27 +32,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-
-
-def load_base(overrides: list[str]):
-    """(model, data, base run dir) of the runner's cached base model for `python -m runner <overrides>`."""
-    import torch
-    from hydra import compose, initialize_config_dir
-
-    from runner.basemodel import ensure_base
-    from runner.config import CONFIG_DIR, register_resolvers
-    from runner.data import build_data
-    from runner.models import build_model, model_vocab_size
-
-    register_resolvers()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR), job_name="bench"):
-        cfg = compose(config_name="config", overrides=[*overrides, "model.init_from=base"])
-    with torch.random.fork_rng():
-        path = ensure_base(cfg)
-    cfg.model.init_from = str(path)
-    data = build_data(cfg.dataset, cfg.model.seq_len, cfg.paths.cache_dir)
-    model = build_model(cfg.model, model_vocab_size(cfg.model, data.vocab_size)).float().eval()
-    return model, data, path
+from runner.basemodel import load_base  # noqa: E402
 
 
 def main() -> None:
@@ -79,7 +59,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    model, data, base = load_base(args.overrides)
+    model, data, cfg = load_base(args.overrides)
+    base = cfg.model.init_from
     cfg = model.config
     length = args.prompt_len or cfg.max_position_embeddings - args.new_tokens
     prompts = seeded_prompts(data.val, args.prompts, length, args.seed)

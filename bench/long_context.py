@@ -37,43 +37,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-
+from runner.basemodel import load_base  # noqa: E402
+from runner.config import compose  # noqa: E402
 
 DEFAULT_BASE = ["model.hidden_size=64", "model.intermediate_size=128", "model.num_layers=2", "model.num_heads=2",
                 "model.seq_len=64", "dataset.batch_size=16", "dataset.tokenizer.vocab_size=1024", "base_steps=2000"]
-
-
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from runner.config import CONFIG_DIR, register_resolvers
-
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-            return hydra_compose("config", overrides=overrides)
-    finally:
-        GlobalHydra.instance().clear()
-
-
-def base_model(overrides: list[str]):
-    """(model, data) of the cached base model for these runner overrides (trained here first if not cached)."""
-    import torch
-
-    from runner.basemodel import ensure_base
-    from runner.data import build_data
-    from runner.models import build_model, model_vocab_size
-
-    cfg = compose([*overrides, "model.init_from=base", "logger=none"])
-    with torch.random.fork_rng():
-        path = ensure_base(cfg)
-    cfg.model.init_from = str(path)
-    data = build_data(cfg.dataset, cfg.model.seq_len, cfg.paths.cache_dir)
-    model = build_model(cfg.model, model_vocab_size(cfg.model, data.vocab_size)).eval()
-    return model, data, path
 
 
 def nll_by_position(model, data, length: int, sequences: int, bucket: int) -> list[float]:
@@ -141,7 +109,8 @@ def main() -> None:
     os.environ.setdefault("WANDB_SILENT", "true")
     multiples = [int(m) for m in args.multiples.split(",")]
     t0 = time.perf_counter()
-    model, data, path = base_model(args.overrides or DEFAULT_BASE)
+    model, data, cfg = load_base(args.overrides or DEFAULT_BASE)
+    path = cfg.model.init_from
     L = data.seq_len
     print(f"base model: {path} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
           f"L = {L}; ready in {time.perf_counter() - t0:.0f} s); {len(data.val)} val tokens", flush=True)

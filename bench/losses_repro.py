@@ -32,33 +32,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def run_one(name: str, overrides: list[str], runs_dir: Path, rerun: bool) -> Path:
-    done = sorted(runs_dir.glob(f"{name}/*/summary.json"), key=lambda p: p.stat().st_mtime)
-    if done and not rerun:
-        print(f"  {name}: reusing {done[-1].parent}", flush=True)
-        return done[-1].parent
-    cmd = [sys.executable, "-m", "runner", *overrides, f"run_name={name}", f"paths.runs_dir={runs_dir}"]
-    print(f"  {name}: {' '.join(cmd[3:])}", flush=True)
-    t0 = time.time()
-    log = runs_dir / f"{name}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w") as f:
-        proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "CI": "1"})
-    if proc.returncode != 0:
-        raise SystemExit(f"{name} failed ({proc.returncode}); see {log}")
-    run = sorted(runs_dir.glob(f"{name}/*/summary.json"), key=lambda p: p.stat().st_mtime)[-1].parent
-    print(f"  {name}: done in {time.time() - t0:.0f}s -> {run}", flush=True)
-    return run
+sys.path.insert(0, str(REPO))
+from bench.common import run_one  # noqa: E402
 
 
 def summary(run: Path) -> dict:

@@ -30,27 +30,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from runner.config import compose, validate  # noqa: E402
 
 # (label, method overrides): the five methods the issue compares
 METHODS = [("adamw", ["method=adamw"]), ("frugal ρ=0.25", ["method=frugal"]),
            ("frugal ρ=0", ["method=frugal", "method.density=0.0"]), ("galore", ["method=galore"]),
            ("badam", ["method=badam"])]
-
-
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from runner.config import CONFIG_DIR, register_resolvers, validate
-
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR), job_name="bench"):
-        cfg = hydra_compose(config_name="config", overrides=overrides)
-    GlobalHydra.instance().clear()
-    validate(cfg)
-    return cfg
 
 
 def tensor_bytes(state: dict) -> int:
@@ -95,6 +80,8 @@ def bench_model(name: str, args) -> list[tuple[str, dict]]:
     from runner.models import build_model
 
     cfgs = {label: compose([f"model={name}", *ov]) for label, ov in METHODS}
+    for c in cfgs.values():
+        validate(c)
     first = next(iter(cfgs.values()))
     torch.manual_seed(0)
     model = build_model(first.model, first.model.vocab_size)

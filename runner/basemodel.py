@@ -94,3 +94,20 @@ def ensure_base(cfg: DictConfig) -> Path:
         os.replace(tmp, final)
         log.info("base model ready: %s", final)
     return final
+
+
+def load_base(overrides: list[str]):
+    """(model in eval mode, TokenData, config) of the cached base model for `python -m runner <overrides>`,
+    training it first if needed; `config.model.init_from` is its run directory."""
+    import torch
+
+    from runner.config import compose
+    from runner.data import build_data
+    from runner.models import build_model, model_vocab_size
+
+    cfg = compose([*overrides, "model.init_from=base"])
+    with torch.random.fork_rng():
+        cfg.model.init_from = str(ensure_base(cfg))
+    data = build_data(cfg.dataset, cfg.model.seq_len, cfg.paths.cache_dir)
+    model = build_model(cfg.model, model_vocab_size(cfg.model, data.vocab_size)).float().eval()
+    return model, data, cfg

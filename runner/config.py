@@ -214,6 +214,21 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("mb_run_dir", resolve_run_dir, use_cache=True)
 
 
+def compose(overrides: list[str], return_hydra_config: bool = False) -> DictConfig:
+    """The config `python -m runner <overrides>` would run, composed in process (tests, benches, notebooks)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR), job_name="methodbench"):
+            return hydra_compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+    finally:
+        GlobalHydra.instance().clear()
+
+
 # ----------------------------------------------------------------------------------------------
 # Validation.
 def _type_ok(value: Any, tp: Any) -> bool:

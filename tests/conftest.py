@@ -45,18 +45,9 @@ BASE = [*TINY, f"base_steps={BASE_STEPS}", "model.init_from=base"]
 
 def compose_cfg(overrides: list[str], return_hydra_config: bool = False):
     """The composed config of `python -m runner <overrides>`, in process."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from runner.config import compose
 
-    from runner.config import CONFIG_DIR, register_resolvers
-
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-            return compose("config", overrides=overrides, return_hydra_config=return_hydra_config)
-    finally:
-        GlobalHydra.instance().clear()
+    return compose(overrides, return_hydra_config)
 
 
 @pytest.fixture(scope="session")
@@ -64,18 +55,9 @@ def base_lm():
     """(model, data): the TINY Llama (hidden 64, 2 layers, 2 heads, seq_len 64, vocab 1024) trained BASE_STEPS
     steps on the embedded corpus, in eval mode, and its TokenData. The same model `python -m runner
     <BASE overrides>` loads (`model.init_from=base`)."""
-    import torch
+    from runner.basemodel import load_base
 
-    from runner.basemodel import ensure_base
-    from runner.data import build_data
-    from runner.models import build_model, model_vocab_size
-
-    cfg = compose_cfg([*BASE, f"paths.runs_dir={REPO / '.cache' / 'runs'}"])
-    with torch.random.fork_rng():
-        path = ensure_base(cfg)
-    cfg.model.init_from = str(path)
-    data = build_data(cfg.dataset, cfg.model.seq_len, cfg.paths.cache_dir)
-    model = build_model(cfg.model, model_vocab_size(cfg.model, data.vocab_size)).eval()
+    model, data, _ = load_base([*BASE, f"paths.runs_dir={REPO / '.cache' / 'runs'}"])
     return model, data
 
 
