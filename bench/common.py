@@ -30,21 +30,3 @@ def run_one(name: str, overrides: list[str], runs_dir: Path, rerun: bool = False
     run = sorted(runs_dir.glob(f"{name}/*/summary.json"), key=lambda p: p.stat().st_mtime)[-1].parent
     print(f"  {name}: done in {time.time() - t0:.0f}s -> {run}", flush=True)
     return run
-
-
-def loss_and_kl(dense, model, blocks, batch: int = 16) -> tuple[float, float]:
-    """Mean next-token cross-entropy of `model` on `blocks` and mean KL(dense || model) per token."""
-    import torch
-    import torch.nn.functional as F
-
-    ce = kl = 0.0
-    n = 0
-    with torch.no_grad():
-        for i in range(0, len(blocks), batch):
-            b = blocks[i:i + batch]
-            lq = torch.log_softmax(model(input_ids=b[:, :-1]).logits.float(), -1)
-            lp = torch.log_softmax(dense(input_ids=b[:, :-1]).logits.float(), -1)
-            ce += float(F.nll_loss(lq.flatten(0, 1), b[:, 1:].flatten(), reduction="sum"))
-            kl += float((lp.exp() * (lp - lq)).sum())
-            n += b[:, 1:].numel()
-    return ce / n, kl / n

@@ -30,9 +30,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from bench.common import loss_and_kl  # noqa: E402
 from runner.basemodel import load_base  # noqa: E402
 from runner.config import compose  # noqa: E402
+from runner.train import loss_and_kl  # noqa: E402
 
 GRID = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"
 
@@ -55,7 +55,7 @@ def sweep_in_process(grid: list[float], args) -> tuple[dict, dict | None, object
             method = instantiate(mcfg, _convert_="all")
             with torch.random.fork_rng():
                 model = method.compress(copy.deepcopy(dense), data).eval()
-            loss, kl = loss_and_kl(dense, model, val)
+            loss, kl = loss_and_kl(dense, model, val.split(16))
             curve[s] = {"loss": loss, "kl": kl, "sparsity": method.evaluate(model, data)["sparsity"]}
         print(f"  s={s:.2f}: val loss {one_shot[s]['loss']:.4f}"
               + (f", fine-tuned {tuned[s]['loss']:.4f}" if tuned else "") + f"  ({time.perf_counter() - t0:.1f}s)",

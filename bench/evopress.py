@@ -32,22 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from runner.basemodel import load_base  # noqa: E402
-
-
-def val_scores(dense, model, blocks, batch: int = 8) -> tuple[float, float]:
-    """(mean next-token KL(dense || model), perplexity) on the validation blocks."""
-    import torch
-
-    kl, nll, count = 0.0, 0.0, 0
-    with torch.no_grad():
-        for i in range(0, len(blocks), batch):
-            ids, targets = blocks[i:i + batch, :-1], blocks[i:i + batch, 1:]
-            lp = torch.log_softmax(dense(input_ids=ids).logits.float(), -1)
-            lq = torch.log_softmax(model(input_ids=ids).logits.float(), -1)
-            kl += float((lp.exp() * (lp - lq)).sum())
-            nll -= float(lq.gather(-1, targets[..., None]).sum())
-            count += targets.numel()
-    return kl / count, math.exp(nll / count)
+from runner.train import loss_and_kl  # noqa: E402
 
 
 def main() -> None:
@@ -78,7 +63,7 @@ def main() -> None:
 
     common = dict(target_bits=args.target_bits, generations=args.generations, offspring=args.offspring, seed=args.seed)
     inputs = EvoPress(**common).calibration(data)
-    dense_ppl = val_scores(model, model, val)[1]
+    dense_ppl = math.exp(loss_and_kl(model, model, val.split(8))[0])
     runs = [("uniform", dict(search="uniform")), ("dp-nmse", dict(search="dp", dp_error="nmse")),
             ("dp-kl", dict(search="dp", dp_error="kl")), ("evopress", dict(search="evo"))]
     rows, history = [], []
@@ -87,7 +72,8 @@ def main() -> None:
         t = time.perf_counter()
         compressed = method.compress_on(copy.deepcopy(model), inputs)
         seconds = time.perf_counter() - t
-        kl, ppl = val_scores(model, compressed, val)
+        loss, kl = loss_and_kl(model, compressed, val.split(8))
+        ppl = math.exp(loss)
         bits = sorted(method.levels.values())
         spread = {b: bits.count(b) for b in sorted(set(bits))}
         rows.append((label, method.result["avg_bits"], method.result["fitness"], kl, ppl, seconds, spread))

@@ -28,9 +28,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from bench.common import loss_and_kl  # noqa: E402
 from runner.basemodel import load_base  # noqa: E402
 from runner.config import compose  # noqa: E402
+from runner.train import loss_and_kl  # noqa: E402
 
 
 def forward_speedup(dense, pruned, ids, repeats: int) -> tuple[float, float]:
@@ -82,7 +82,7 @@ def main() -> None:
     dense, data, cfg = load_base(args.overrides)
     val = data.blocks("val")[: args.val_blocks]
     ids = data.blocks("val")[: args.batch, :-1]
-    loss0, _ = loss_and_kl(dense, dense, val)
+    loss0, _ = loss_and_kl(dense, dense, val.split(16))
     params0 = projection_params(dense)
     print(f"\n{cfg.model.name} ({sum(p.numel() for p in dense.parameters()) / 1e6:.2f}M parameters; hidden "
           f"{cfg.model.hidden_size}, {cfg.model.num_layers} layers x {cfg.model.num_heads} heads, MLP "
@@ -101,7 +101,7 @@ def main() -> None:
             with torch.random.fork_rng():
                 pruned = method.compress(copy.deepcopy(dense), data).eval()
             seconds = time.perf_counter() - t0
-            loss, kl = loss_and_kl(dense, pruned, val)
+            loss, kl = loss_and_kl(dense, pruned, val.split(16))
             fwd, dec = forward_speedup(dense, pruned, ids, args.repeats)
             stats = method.plan.stats
             print(f"| {ratio:g} | {name} | {math.exp(loss):.2f} | {kl:.4f} | {projection_params(pruned) / params0:.3f} | "

@@ -116,7 +116,7 @@ def _compress_stage(trainer, module, method, data, val_dl, run_dir: Path) -> dic
             trainer.logger.log_metrics({f"compress/{k}": float(v) for k, v in row.items()})
     module.model.eval()
     loss_after = _val_loss(trainer, module, val_dl)
-    kl = _next_token_kl(dense, module.model, val_dl, module.device)
+    _, kl = loss_and_kl(dense.to(module.device), module.model, val_dl, module.device)
     out_dir = run_dir / "compressed"
     out_dir.mkdir(exist_ok=True)
     torch.save(module.model, out_dir / "model.pt")
@@ -142,20 +142,23 @@ def _nonzeros(model) -> int:
     return sum(int((p != 0).sum()) for p in model.parameters())
 
 
-def _next_token_kl(dense, compressed, loader, device) -> float:
-    """Mean over validation tokens of KL(p_dense || p_compressed) of the next-token distributions."""
+def loss_and_kl(dense, model, batches, device=None) -> tuple[float, float]:
+    """(mean next-token cross-entropy of `model`, mean KL(p_dense || p_model)) over the tokens of `batches`,
+    an iterable of (B, T+1) token blocks: the compress stage's KL to the dense model, and the benches'."""
     import torch
+    import torch.nn.functional as F
 
-    total, count = 0.0, 0
-    dense.to(device)
+    ce = kl = 0.0
+    count = 0
     with torch.no_grad():
-        for batch in loader:
-            ids = batch[:, :-1].to(device)
+        for batch in batches:
+            ids, targets = batch[:, :-1].to(device), batch[:, 1:].to(device)
             lp = torch.log_softmax(dense(input_ids=ids).logits.float(), -1)
-            lq = torch.log_softmax(compressed(input_ids=ids).logits.float(), -1)
-            total += float((lp.exp() * (lp - lq)).sum())
-            count += ids.numel()
-    return total / max(count, 1)
+            lq = torch.log_softmax(model(input_ids=ids).logits.float(), -1)
+            ce += float(F.nll_loss(lq.flatten(0, 1), targets.flatten(), reduction="sum"))
+            kl += float((lp.exp() * (lp - lq)).sum())
+            count += targets.numel()
+    return ce / max(count, 1), kl / max(count, 1)
 
 
 def run(cfg: DictConfig, run_dir: Path | None = None, identity: str | None = None) -> dict:

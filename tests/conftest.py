@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from runner.config import compose as compose_cfg  # noqa: F401  (the tests' name for it)
+
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("METHODBENCH_CACHE", str(REPO / ".cache" / "methodbench"))
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -41,13 +43,6 @@ def run_dirs(runs_dir: Path) -> list[Path]:
 # TINY trained BASE_STEPS steps on the embedded corpus, once, cached on disk (runner/basemodel.py).
 BASE_STEPS = 300
 BASE = [*TINY, f"base_steps={BASE_STEPS}", "model.init_from=base"]
-
-
-def compose_cfg(overrides: list[str], return_hydra_config: bool = False):
-    """The composed config of `python -m runner <overrides>`, in process."""
-    from runner.config import compose
-
-    return compose(overrides, return_hydra_config)
 
 
 @pytest.fixture(scope="session")

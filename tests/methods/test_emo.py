@@ -20,7 +20,7 @@ from methods.losses.emo import (
     expected_cost_from_logits,
     repetition_n,
 )
-from tests.helpers import tiny_llama
+from tests.helpers import ValData, tiny_llama
 
 
 def gen(seed: int) -> torch.Generator:
@@ -199,15 +199,6 @@ def test_distinct_and_repetition():
     assert distinct_n([[1, 2], [1, 2]], 2) == 0.5  # counted over all continuations together
     assert repetition_n([[5, 5, 5, 5, 5]], 4) == 0.5
     assert repetition_n([[1, 2, 3, 4, 5], [1, 1, 1, 1, 1, 1]], 4) == pytest.approx((0 + 2 / 3) / 2)
-
-
-class ValData:
-    def __init__(self, blocks):
-        self._blocks = blocks
-
-    def blocks(self, split):
-        assert split == "val"
-        return self._blocks
 
 
 def test_evaluate_is_seeded_and_measures_samples_and_references():

@@ -11,7 +11,7 @@ from transformers import LlamaForCausalLM
 
 from kernels.tracking import LargestAllocation
 from methods.losses.z_loss import ZLoss, next_token_topk, z_loss, z_loss_from_scores, z_loss_from_statistics
-from tests.helpers import tiny_llama
+from tests.helpers import ValData, tiny_llama
 
 A, B = 0.1, 10.0
 
@@ -179,15 +179,6 @@ def test_training_with_z_loss_raises_top_k_accuracy():
     after = next_token_topk(model, val, (1, 5))
     assert before["top1"] < 0.2 and before["top5"] < 0.4
     assert after["top1"] >= 0.9 and after["top5"] >= after["top1"]
-
-
-class ValData:
-    def __init__(self, blocks):
-        self._blocks = blocks
-
-    def blocks(self, split):
-        assert split == "val"
-        return self._blocks
 
 
 def test_evaluate_reports_topk_on_capped_tokens():
