@@ -42,6 +42,8 @@ class Method:
     # False where the method needs whole parameter matrices, which FSDP's flat shards are not (checked at
     # config time: hardware.strategy=fsdp is refused with a one-line error).
     supports_fsdp: bool = True
+    # The dataset sources (dataset.source) the method runs on; empty: any. Checked at config time.
+    datasets: tuple[str, ...] = ()
 
     # -- kernels -----------------------------------------------------------------------------
     # The runner binds the hardware config's `kernels:` map before any stage runs, so a method's own
@@ -80,6 +82,13 @@ class Method:
     def trains(self) -> bool:
         """Whether the run has a training stage (compression/inference methods may turn it off)."""
         return True
+
+    @property
+    def needs_trained_model(self) -> bool:
+        """Whether the run starts from a trained model: with model.init_from unset, the runner then uses the
+        cached base model (runner/basemodel.py). Post-training methods (compression, inference) and methods
+        that train a trained model further (unlearning) say True."""
+        return not self.trains
 
     @property
     def stages(self) -> list[str]:

@@ -49,7 +49,8 @@ def base_key(cfg: DictConfig) -> str:
     b = base_config(cfg)
     spec = {
         "model": {k: v for k, v in OmegaConf.to_container(b.model, resolve=True).items() if k not in ("name", "init_from")},
-        "dataset": {k: OmegaConf.to_container(b.dataset, resolve=True)[k] for k in _DATASET_KEYS},
+        "dataset": {k: v for k, v in OmegaConf.to_container(b.dataset, resolve=True).items()
+                    if k in _DATASET_KEYS or (k in ("generator", "domains") and v)},
         "method": OmegaConf.to_container(b.method, resolve=True),
         "trainer": {k: v for k, v in OmegaConf.to_container(b.trainer, resolve=True).items() if k != "enable_progress_bar"},
         "precision": str(cfg.hardware.precision),

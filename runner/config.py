@@ -61,7 +61,7 @@ class TokenizerSchema:
 @dataclass
 class DatasetSchema:
     name: str
-    source: str  # stdlib-docs | hub | local | noisy-copy (generated seq2seq task)
+    source: str  # stdlib-docs | hub | local | noisy-copy (seq2seq task) | fictitious-authors | tofu | mixture
     path: str | None
     subset: str | None
     split: str
@@ -73,6 +73,7 @@ class DatasetSchema:
     batch_size: int
     num_workers: int
     generator: dict[str, Any] = field(default_factory=dict)  # generated tasks: the generator's arguments
+    domains: list[Any] = field(default_factory=list)  # source=mixture: the domains (runner/mixture.py)
 
 
 @dataclass
@@ -140,7 +141,7 @@ TOP_LEVEL = {"seed": int, "run_name": str, "resume": str | None, "dry_run": bool
 
 CHOICES = {
     "model.arch": ["llama", "t5"],
-    "dataset.source": ["stdlib-docs", "hub", "local", "noisy-copy"],
+    "dataset.source": ["stdlib-docs", "hub", "local", "noisy-copy", "fictitious-authors", "tofu", "mixture"],
     "dataset.tokenizer.kind": ["train", "hf"],
     "hardware.accelerator": ["cpu", "gpu", "cuda", "auto"],
     "hardware.strategy": ["auto", "ddp", "fsdp"],
@@ -443,6 +444,12 @@ def _semantic_checks(cfg: DictConfig, bad: set[str]) -> list[str]:
         if not getattr(cls, "supports_fsdp", True):
             out.append(f"hardware.strategy: method={cfg.method.get('name', cls.__name__)} does not run under fsdp "
                        "(it needs whole parameter matrices; FSDP shards them flat); choose one of: auto, ddp")
+    if ok("method._target_", "dataset.source"):
+        cls = import_target(cfg.method._target_)
+        accepted = tuple(getattr(cls, "datasets", ()) or ())
+        if accepted and d.source not in accepted:
+            out.append(f"dataset.source: method={cfg.method.get('name', cls.__name__)} runs on dataset.source "
+                       f"{' or '.join(accepted)}, not {d.source}; pick a dataset= whose source is one of: {', '.join(accepted)}")
     r = cfg.get("resume")
     if ok("resume") and r not in (None, "auto") and not Path(str(r)).expanduser().is_dir():
         out.append(f"resume: no such run directory: {r} (give a run directory or resume=auto)")

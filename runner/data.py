@@ -216,6 +216,14 @@ def build_data(d: DictConfig, seq_len: int, cache_dir: str) -> TokenData:
         from runner.seq2seq import build_seq2seq_data
 
         return build_seq2seq_data(d, seq_len)
+    if d.source in ("fictitious-authors", "tofu"):  # question/answer facts for unlearning: runner/qa.py
+        from runner.qa import build_qa_data
+
+        return build_qa_data(d, seq_len, cache_dir)
+    if d.source == "mixture":  # several domains, sampled by weights that may change: runner/mixture.py
+        from runner.mixture import build_mixture_data
+
+        return build_mixture_data(d, seq_len, cache_dir)
     cache = Path(cache_dir).expanduser()
     docs = load_documents(d)
     train_docs, val_docs = split_documents(docs, float(d.val_fraction))

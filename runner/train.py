@@ -6,6 +6,7 @@ checkpoints, resume, progress, seeds.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -77,8 +78,8 @@ _QUIET = (r".*weights_only.*", r".*LeafSpec.*", r".*does not have many workers.*
 
 def _resolve_base(cfg: DictConfig, method) -> DictConfig:
     """`model.init_from=base`, or a method that does not train on a random model: the cached base model."""
-    if cfg.model.init_from is None and not method.trains:
-        log.info("method=%s does not train: it runs on the cached base model (model.init_from=base); "
+    if cfg.model.init_from is None and method.needs_trained_model:
+        log.info("method=%s needs a trained model: it runs on the cached base model (model.init_from=base); "
                  "give model.init_from=<run dir | .ckpt | HF dir> to use another", method.name)
     elif cfg.model.init_from != "base":
         return cfg
@@ -224,6 +225,8 @@ def run(cfg: DictConfig, run_dir: Path | None = None, identity: str | None = Non
 
     # -- build -------------------------------------------------------------------------------
     data = build_data(cfg.dataset, cfg.model.seq_len, cfg.paths.cache_dir)
+    if hasattr(data, "bind_run"):  # data that needs the run's config (the unlearning benchmark's retain model)
+        data.bind_run(cfg, is_base=str(identity).startswith("base:"))
     if "prepare_data" in method.stages:
         data = method.prepare_data(data)
     vocab = model_vocab_size(cfg.model, data.vocab_size)
@@ -260,10 +263,13 @@ def run(cfg: DictConfig, run_dir: Path | None = None, identity: str | None = Non
     if hw.compile:  # per decoder block, in place: checkpoints keep their keys
         for layer in module.model.get_decoder().layers:
             layer.compile()
-    train_dl, val_dl = make_loaders(data, cfg.dataset.batch_size, micro_total, cfg.seed,
-                                    start=lambda: module.micro_batches_seen, rank=trainer.global_rank,
-                                    world=trainer.world_size, val_batches=tr.val_batches,
-                                    num_workers=cfg.dataset.num_workers)
+    # data with its own batches (QA pairs, domain-labelled mixtures) makes its own loaders
+    loaders = data.make_loaders if hasattr(data, "make_loaders") else functools.partial(make_loaders, data)
+    eval_targets = getattr(data, "eval_targets", eval_targets)  # noqa: F811
+    train_dl, val_dl = loaders(cfg.dataset.batch_size, micro_total, cfg.seed,
+                               start=lambda: module.micro_batches_seen, rank=trainer.global_rank,
+                               world=trainer.world_size, val_batches=tr.val_batches,
+                               num_workers=cfg.dataset.num_workers)
     unigram = data.unigram_ppl(eval_targets(val_dl))
 
     # -- stages ------------------------------------------------------------------------------
@@ -282,7 +288,8 @@ def run(cfg: DictConfig, run_dir: Path | None = None, identity: str | None = Non
         extra = method.evaluate(module.model, data)
     else:
         extra = {}
-    if seq2seq:
+    if hasattr(data, "evaluate"):  # the dataset's own metrics (BLEU, TOFU's forget quality, ...)
+        module.model.eval()
         extra = {**data.evaluate(module.model), **extra}
 
     summary = {

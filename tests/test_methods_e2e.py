@@ -24,11 +24,28 @@ METHODS = group_options("method")
 STEPS = 4
 
 
-def _trains(method: str) -> bool:
+# Methods that run on a dataset of their own (`Method.datasets`, a dataset.source) run on this test
+# config of it; add an entry with a new kind of dataset.
+DATASETS: dict[str, list[str]] = {}
+
+
+def _method(method: str):
     from hydra.utils import instantiate
 
-    cfg = compose_cfg([f"method={method}"])
-    return instantiate(cfg.method, _convert_="all").trains
+    return instantiate(compose_cfg([f"method={method}"]).method, _convert_="all")
+
+
+def _trains(method: str) -> bool:
+    return _method(method).trains
+
+
+def _group(method: str) -> tuple[str, bool]:
+    """(the dataset.source it runs on, or "" for the default corpus; whether it starts from a trained model)."""
+    m = _method(method)
+    source = m.datasets[0] if m.datasets else ""
+    if source and source not in DATASETS:
+        raise AssertionError(f"method={method} runs on dataset.source={source}: add a test config to DATASETS")
+    return source, m.needs_trained_model
 
 
 def _summaries(runs: Path) -> dict[str, dict]:
@@ -42,18 +59,20 @@ def _summaries(runs: Path) -> dict[str, dict]:
 
 @pytest.fixture(scope="session")
 def method_runs(tmp_path_factory, base_lm):
-    training = [m for m in METHODS if _trains(m)]
-    post = [m for m in METHODS if m not in training]
+    groups: dict[tuple[str, bool], list[str]] = {}
+    for m in METHODS:
+        groups.setdefault(_group(m), []).append(m)
     runs = tmp_path_factory.mktemp("methods")
     procs = {}
-    if training:
-        procs["train"] = run_cli("-m", f"method={','.join(training)}", *TINY, f"trainer.max_steps={STEPS}",
-                                 f"trainer.val_every_n_steps={STEPS}", "logger=csv", runs_dir=runs / "train",
-                                 check=False, timeout=1200)
-    if post:
-        procs["post"] = run_cli("-m", f"method={','.join(post)}", *BASE, "trainer.max_steps=0", "logger=csv",
-                                runs_dir=runs / "post", check=False, timeout=1200)
-    summaries = {**_summaries(runs / "train"), **_summaries(runs / "post")}
+    for (source, needs_model), methods in sorted(groups.items()):
+        label = f"{source or 'default'}-{'post' if needs_model else 'train'}"
+        common = [*(BASE if needs_model else TINY), *DATASETS.get(source, [])]
+        steps = [f"trainer.max_steps={STEPS}", f"trainer.val_every_n_steps={STEPS}"]
+        if needs_model and not any(_trains(m) for m in methods):
+            steps = ["trainer.max_steps=0"]
+        procs[label] = run_cli("-m", f"method={','.join(methods)}", *common, *steps, "logger=csv",
+                               runs_dir=runs / label, check=False, timeout=1200)
+    summaries = {k: v for label in procs for k, v in _summaries(runs / label).items()}
     saved = {m: s["compress/saved"] for m, s in summaries.items() if "compress/saved" in s}
     reloaded = {}
     for m, path in saved.items():  # one process per saved model: each evaluates it with the baseline method
