@@ -35,6 +35,10 @@ class MethodModule(pl.LightningModule):
         self.last_val_step = -1
         self._val_sum = torch.zeros((), dtype=torch.float64)
         self._val_count = torch.zeros((), dtype=torch.float64)
+        self.batch_domains: torch.Tensor | None = None
+        self._val_domain_sum: torch.Tensor | None = None  # per-domain val loss sums and token counts
+        self._val_domain_count: torch.Tensor | None = None
+        self._val_domain_names_now: list[str] | None = None
 
     def kernel(self, op: str):
         if op not in self._kernels:
@@ -52,8 +56,17 @@ class MethodModule(pl.LightningModule):
         return self.kernel("cross_entropy")(hidden, weight, targets, reduction=reduction)
 
     # -- steps -------------------------------------------------------------------------------
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+    @staticmethod
+    def split_domains(batch: torch.Tensor | tuple | list) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(tokens, domain per example or None): multi-domain data (runner/mixture.py) gives (tokens, domain) tuples."""
+        if isinstance(batch, (tuple, list)):
+            return batch[0], batch[1]
+        return batch, None
+
+    def training_step(self, batch: torch.Tensor | tuple, batch_idx: int) -> torch.Tensor:
         self.micro_batches_seen += 1
+        # the domain of every example (B,), for methods that weight or route by domain; None for plain batches
+        batch, self.batch_domains = self.split_domains(batch)
         loss = self.method.loss(self, batch)
         n_tokens = batch[:, 1:].numel() * self.trainer.world_size
         self.tokens_seen += n_tokens
@@ -78,12 +91,34 @@ class MethodModule(pl.LightningModule):
                 self.log("train/grad_norm", torch.stack(grads).norm(), on_step=True, on_epoch=False)
             self.log("train/lr", optimizer.param_groups[0]["lr"], prog_bar=True, on_step=True, on_epoch=False)
 
+    def _val_domain_names(self) -> list[str] | None:
+        """The domain names of a multi-domain validation loader (runner/mixture.py's DomainBlocks), else None."""
+        loaders = self.trainer.val_dataloaders
+        loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
+        for dl in loaders:
+            names = getattr(getattr(dl, "dataset", None), "domain_names", None)
+            if names:
+                return list(names)
+        return None
+
     def on_validation_epoch_start(self) -> None:
         self._val_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self._val_count = torch.zeros((), dtype=torch.float64, device=self.device)
+        names = self._val_domain_names()
+        self._val_domain_names_now = names
+        self._val_domain_sum = torch.zeros(len(names), dtype=torch.float64, device=self.device) if names else None
+        self._val_domain_count = torch.zeros(len(names), dtype=torch.float64, device=self.device) if names else None
 
-    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        self._val_sum += self.lm_loss(batch, reduction="sum").double()
+    def validation_step(self, batch: torch.Tensor | tuple, batch_idx: int) -> None:
+        batch, domains = self.split_domains(batch)
+        if domains is None or self._val_domain_sum is None:
+            self._val_sum += self.lm_loss(batch, reduction="sum").double()
+            self._val_count += batch[:, 1:].numel()
+            return
+        per_example = self.lm_loss(batch, reduction="none").double().sum(dim=1)  # (B,)
+        self._val_domain_sum.index_add_(0, domains, per_example)
+        self._val_domain_count.index_add_(0, domains, torch.full_like(per_example, batch.shape[1] - 1))
+        self._val_sum += per_example.sum()
         self._val_count += batch[:, 1:].numel()
 
     def on_validation_epoch_end(self) -> None:
@@ -92,6 +127,12 @@ class MethodModule(pl.LightningModule):
         loss = (total / count.clamp_min(1)).float()
         self.log("val/loss", loss, prog_bar=True, sync_dist=False)
         self.log("val/ppl", torch.exp(loss), sync_dist=False)
+        if self._val_domain_sum is not None:  # val/loss/<domain>: the token-weighted mean of these is val/loss
+            sums = self.trainer.strategy.reduce(self._val_domain_sum, reduce_op="sum")
+            counts = self.trainer.strategy.reduce(self._val_domain_count, reduce_op="sum")
+            for name, s, c in zip(self._val_domain_names_now, sums, counts):
+                if c > 0:
+                    self.log(f"val/loss/{name}", (s / c).float(), sync_dist=False)
         self.last_val_step = self.trainer.global_step
 
     def configure_optimizers(self):

@@ -47,6 +47,9 @@ def base_config(cfg: DictConfig) -> DictConfig:
 
 def base_key(cfg: DictConfig) -> str:
     b = base_config(cfg)
+    generator = b.dataset.get("generator") or {}
+    if "retain_model" in generator:  # runner/qa.py: the model forget quality compares with; not what the base learns
+        b.dataset.generator = {k: v for k, v in generator.items() if k != "retain_model"}
     spec = {
         "model": {k: v for k, v in OmegaConf.to_container(b.model, resolve=True).items() if k not in ("name", "init_from")},
         "dataset": {k: v for k, v in OmegaConf.to_container(b.dataset, resolve=True).items()

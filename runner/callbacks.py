@@ -51,7 +51,7 @@ class Throughput(pl.Callback):
         if self._t0 is None:
             return
         dt = time.perf_counter() - self._t0
-        n = batch[:, 1:].numel() * trainer.world_size
+        n = (batch[0] if isinstance(batch, (tuple, list)) else batch)[:, 1:].numel() * trainer.world_size
         self._batches += 1
         if self._batches > self.skip:
             self.train_time += dt

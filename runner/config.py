@@ -426,6 +426,10 @@ def _semantic_checks(cfg: DictConfig, bad: set[str]) -> list[str]:
             out.append(f"dataset.path: no such file or directory: {d.path}")
         if d.source in ("local", "hub") and not d.path:
             out.append(f"dataset.path: dataset.source={d.source} needs a path (a file/dir or a hub name)")
+    if ok("dataset.source", "dataset.domains") and d.source == "mixture":
+        from runner.mixture import check_domains
+
+        out += check_domains(OmegaConf.to_container(d.domains, resolve=True))
     if ok("dataset.tokenizer") and d.tokenizer.kind == "hf" and not d.tokenizer.name:
         out.append("dataset.tokenizer.name: tokenizer.kind=hf needs a hub name or a local directory")
     if ok("dataset.val_fraction") and not 0.0 < d.val_fraction < 1.0:

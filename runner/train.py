@@ -296,6 +296,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None, identity: str | None = Non
         "train/loss": module.last_train_loss,
         "val/loss": float(val_metrics["val/loss"]),
         "val/ppl": float(val_metrics["val/ppl"]),
+        **{k: v for k, v in val_metrics.items() if k.startswith("val/loss/")},  # per domain (runner/mixture.py)
         "val/unigram_ppl": unigram,
         "params": n_params,
         "vocab_size": vocab,

@@ -39,6 +39,14 @@ def run_dirs(runs_dir: Path) -> list[Path]:
     return sorted((p.parent for p in Path(runs_dir).glob("*/*/meta.json")), key=lambda p: p.stat().st_mtime)
 
 
+# Methods that run on a dataset of their own (`Method.datasets`, a dataset.source) run on this test
+# config of it (tests/test_methods_e2e.py, tests/test_configs.py); add an entry with a new kind of dataset.
+DATASETS: dict[str, list[str]] = {
+    "mixture": ["dataset=mixture-tiny"],  # prose, code, a Markov chain and a sample: false target (runner/mixture.py)
+    "fictitious-authors": ["dataset=fictitious-authors", "dataset.generator.num_authors=30"],  # the models of tests/methods/test_unlearning_pipeline.py
+}
+
+
 # The trained base model of the post-training methods (compression, inference, unlearning) in tests:
 # TINY trained BASE_STEPS steps on the embedded corpus, once, cached on disk (runner/basemodel.py).
 BASE_STEPS = 300

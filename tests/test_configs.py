@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from runner.config import CONFIG_DIR, group_options, validate
+from runner.config import CONFIG_DIR, group_options, import_target, validate
 from runner.errors import ConfigError
-from tests.conftest import REPO, compose_cfg
+from tests.conftest import DATASETS, REPO, compose_cfg
 
 GROUPS = ("model", "method", "dataset", "hardware", "trainer", "logger", "experiment")
 SWEEPS = sorted(p.stem for p in (REPO / "sweeps").glob("*.yaml"))
@@ -53,6 +53,9 @@ def test_option_composes_and_validates(group, option, local_file):
     overrides = [f"{group}={option}"]
     if group == "dataset" and option == "local":
         overrides.append(f"dataset.path={local_file}")
+    accepted = getattr(import_target(compose_cfg(overrides).method._target_), "datasets", ()) if group == "method" else ()
+    if accepted:  # a method bound to dataset sources (Method.datasets) validates on its e2e test config
+        overrides += DATASETS[accepted[0]]
     cfg = compose_cfg(overrides)
     validate(cfg)  # raises ConfigError listing every problem
     # every interpolation resolves

@@ -17,16 +17,11 @@ from pathlib import Path
 import pytest
 
 from runner.config import group_options
-from tests.conftest import BASE, TINY, compose_cfg, run_cli
+from tests.conftest import BASE, DATASETS, TINY, compose_cfg, run_cli
 
 pytestmark = pytest.mark.slow
 METHODS = group_options("method")
 STEPS = 4
-
-
-# Methods that run on a dataset of their own (`Method.datasets`, a dataset.source) run on this test
-# config of it; add an entry with a new kind of dataset.
-DATASETS: dict[str, list[str]] = {}
 
 
 def _method(method: str):

@@ -24,6 +24,15 @@ hashed into `num_buckets` (DSIR default 10 000) buckets; a bag-of-n-grams model 
 set) and p_raw (from the source) with add-one smoothing; the log importance weight of x is
 Σ_f count_f(x)·(log p_target(f) − log p_raw(f)); k examples are resampled without replacement by the Gumbel
 top-k trick (top-k of log w + Gumbel noise), seeded.
+
+The method (`method=zip_fit`, dataset.source=mixture): the source pool is every train document of the sampled
+domains; the target set Y is the first `target_size` train documents of `target_domain` (a `sample: false`
+domain: never trained on, its val split gives the target-set loss val/loss/<target>). The selector
+(`zip_fit` | `random` | `dsir`, the same k) keeps k documents, the selection is saved as a `datasets` Dataset
+(columns text, domain, score) under <cache>/selections/<content hash> and reused when it exists, and training
+draws only from it (MixtureData.replace_train_documents). Source documents are put in content-hash order
+first, so every selector's result depends only on the set of source documents, not on their order.
+Paper settings: gzip, k chosen per experiment (here `k` or `fraction` of the pool).
 """
 
 from __future__ import annotations
@@ -31,15 +40,27 @@ from __future__ import annotations
 import bz2
 import gzip
 import hashlib
+import json
+import logging
 import lzma
 import math
+import os
 import re
+import shutil
 import sys
+import time
 import zlib
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
+
+from methods.base import Method
+
+log = logging.getLogger(__name__)
 
 CODECS = ("gzip", "zlib", "bz2", "lzma")
 
@@ -178,11 +199,11 @@ def dsir_log_weights(source: Sequence[str], target: Sequence[str], num_buckets: 
 
 
 def dsir_select(source: Sequence[str], target: Sequence[str], k: int, num_buckets: int = 10_000,
-                seed: int = 0) -> np.ndarray:
-    """DSIR-style importance resampling: Gumbel top-k on the log importance weights, seeded."""
+                seed: int = 0, log_weights: np.ndarray | None = None) -> np.ndarray:
+    """DSIR-style importance resampling: Gumbel top-k on the log importance weights (given, or computed), seeded."""
     if not 0 < k <= len(source):
         raise ValueError(f"k={k} must be in 1..{len(source)}")
-    log_w = dsir_log_weights(source, target, num_buckets)
+    log_w = dsir_log_weights(source, target, num_buckets) if log_weights is None else log_weights
     keys = log_w + np.random.default_rng(seed).gumbel(size=len(source))
     return np.argsort(-keys, kind="stable")[:k]
 
@@ -190,3 +211,152 @@ def dsir_select(source: Sequence[str], target: Sequence[str], k: int, num_bucket
 def select_split(dataset, indices):
     """The selected rows of a `datasets.Dataset` as a new Dataset, in selection order."""
     return dataset.select([int(i) for i in indices])
+
+
+# ---------------------------------------------------------------------------------------------- the method
+SELECTORS = ("zip_fit", "random", "dsir")
+
+
+def _choice_error(key: str, value: Any, choices: Sequence[str]) -> ValueError:
+    return ValueError(f"method.{key}: {value!r} is not valid; choose one of: {', '.join(choices)}")
+
+
+def held_out_domain(data, requested: str | None, key: str) -> str:
+    """The target/specific domain: `requested`, or the config's only `sample: false` domain."""
+    if requested is not None:
+        if requested not in data.domains:
+            raise _choice_error(key, requested, data.domains)
+        return requested
+    held_out = [d for d, s in zip(data.domains, data.sampled) if not s]
+    if len(held_out) != 1:
+        raise ValueError(f"method.{key}: null needs exactly one `sample: false` domain in dataset.domains, "
+                         f"found {len(held_out)}; choose one of: {', '.join(data.domains)}")
+    return held_out[0]
+
+
+def cache_root(data) -> Path:
+    """The runner's cache (paths.cache_dir) as the data knows it, else METHODBENCH_CACHE, else ~/.cache."""
+    root = getattr(data, "cache_dir", None) or os.environ.get("METHODBENCH_CACHE") or "~/.cache/methodbench"
+    return Path(str(root)).expanduser()
+
+
+class ZipFit(Method):
+    """ZIP-FIT data selection (or the random / DSIR-style baseline at the same k) before training."""
+
+    datasets = ("mixture",)
+
+    def __init__(self, name: str = "zip_fit", lr: float = 3e-3, betas: tuple[float, float] = (0.9, 0.95),
+                 eps: float = 1e-8, weight_decay: float = 0.1, warmup_steps: int = 20, min_lr_ratio: float = 0.1,
+                 selector: str = "zip_fit", k: int | None = None, fraction: float = 0.25,
+                 target_domain: str | None = None, target_size: int = 50, codec: str = "gzip", level: int = 9,
+                 num_buckets: int = 10_000, workers: int = 1, progress: bool = True, seed: int | None = None):
+        super().__init__(name, lr, betas, eps, weight_decay, warmup_steps, min_lr_ratio)
+        if selector not in SELECTORS:
+            raise _choice_error("selector", selector, SELECTORS)
+        if codec not in CODECS:
+            raise _choice_error("codec", codec, CODECS)
+        problems = []
+        if k is not None and int(k) <= 0:
+            problems.append(f"method.k: must be a positive number of documents or null (use `fraction`), got {k}")
+        if not 0.0 < float(fraction) <= 1.0:
+            problems.append(f"method.fraction: must be in (0, 1], got {fraction}")
+        if int(target_size) <= 0:
+            problems.append(f"method.target_size: must be positive, got {target_size}")
+        if int(workers) < 1:
+            problems.append(f"method.workers: must be >= 1, got {workers}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        self.selector, self.k, self.fraction = selector, None if k is None else int(k), float(fraction)
+        self.target_domain, self.target_size = target_domain, int(target_size)
+        self.codec, self.level, self.num_buckets = codec, int(level), int(num_buckets)
+        self.workers, self.progress, self.seed = int(workers), bool(progress), seed
+        self.stats: dict[str, float] = {}
+
+    # -- selection ---------------------------------------------------------------------------
+    def select(self, source: Sequence[str], target: Sequence[str], k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(indices into `source` of the selection, their scores)."""
+        if self.selector == "zip_fit":
+            scores = alignment_scores(source, target, self.codec, self.level, workers=self.workers,
+                                      progress=self.progress)
+            return top_k_indices(scores, source, k), scores
+        if self.selector == "dsir":
+            log_w = dsir_log_weights(source, target, self.num_buckets)
+            return dsir_select(source, target, k, self.num_buckets, seed, log_weights=log_w), log_w
+        return random_select(len(source), k, seed), np.zeros(len(source))
+
+    def selection(self, data):
+        """The selected documents as a `datasets` Dataset (text, domain, score), computed once and cached."""
+        import datasets
+
+        target_name = held_out_domain(data, self.target_domain, "target_domain")
+        target = list(data.documents(target_name, "train"))[: self.target_size]
+        if not target:
+            raise ValueError(f"method.target_domain: domain {target_name!r} has no train documents")
+        pool = [(content_hash(text), domain, text) for domain, sampled in zip(data.domains, data.sampled)
+                if sampled and domain != target_name for text in data.documents(domain, "train")]
+        pool.sort()  # content order: the selection depends on the set of documents only
+        source = [text for _, _, text in pool]
+        k = self.k if self.k is not None else max(1, round(self.fraction * len(source)))
+        if k > len(source):
+            raise ValueError(f"method.k: {k} is more than the {len(source)} source documents")
+        seed = int(torch.initial_seed() if self.seed is None else self.seed)  # the run's seed
+        spec = {"v": 1, "selector": self.selector, "k": k, "codec": self.codec, "level": self.level,
+                "num_buckets": self.num_buckets, "seed": seed if self.selector != "zip_fit" else None}
+        h = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
+        for _, domain, text in pool:
+            h.update(f"{domain}\0{content_hash(text)}\0".encode())
+        h.update(b"target")
+        for text in target:
+            h.update(content_hash(text).encode())
+        path = cache_root(data) / "selections" / h.hexdigest()[:16]
+        self.stats = {"selection/target_domain": target_name, "selection/k": k, "selection/pool": len(source)}
+        if (path / "selection.json").exists():
+            self.stats.update(json.loads((path / "selection.json").read_text()))
+            self.stats["selection/reused"] = 1
+            log.info("%s: reusing the selection of %d documents at %s", self.selector, k, path)
+            return datasets.load_from_disk(str(path / "dataset"))
+        log.info("%s: selecting %d of %d source documents for target %r (%d documents, %s)", self.selector, k,
+                 len(source), target_name, len(target), self.codec if self.selector == "zip_fit" else "")
+        t0 = time.perf_counter()
+        chosen, scores = self.select(source, target, k, seed)
+        seconds = time.perf_counter() - t0
+        ds = datasets.Dataset.from_dict({"text": [source[i] for i in chosen],
+                                         "domain": [pool[i][1] for i in chosen],
+                                         "score": [float(scores[i]) for i in chosen]})
+        meta = {"selection/seconds": seconds, "selection/seconds_per_1000": 1000 * seconds / len(source)}
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        datasets.disable_progress_bars()  # one bar per save of a few rows: noise
+        try:
+            ds.save_to_disk(str(tmp / "dataset"))
+        finally:
+            datasets.enable_progress_bars()
+        (tmp / "selection.json").write_text(json.dumps(meta) + "\n")
+        try:
+            os.replace(tmp, path)
+        except OSError:  # another process published it first: keep theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.stats.update(meta)
+        self.stats["selection/reused"] = 0
+        return ds
+
+    def prepare_data(self, data):
+        ds = self.selection(data)
+        target = self.stats["selection/target_domain"]
+        # every source domain's train split becomes its selected documents (none: the domain is never drawn)
+        by_domain: dict[str, list[str]] = {d: [] for d, s in zip(data.domains, data.sampled) if s and d != target}
+        for text, domain in zip(ds["text"], ds["domain"]):
+            by_domain[domain].append(text)
+        for domain, texts in by_domain.items():
+            self.stats[f"selection/share/{domain}"] = len(texts) / len(ds)
+        shares = ", ".join(f"{k.rsplit('/', 1)[1]} {v:.1%}" for k, v in self.stats.items() if "/share/" in k)
+        selected = data.replace_train_documents(by_domain)
+        sizes = selected.sizes
+        self.stats["selection/train_blocks"] = int(sum(sizes[data.domains.index(d)] for d in by_domain))
+        log.info("%s selection: %d documents, %d training blocks (%s)", self.selector, len(ds),
+                 self.stats["selection/train_blocks"], shares)
+        return selected
+
+    def evaluate(self, model, data) -> dict[str, float]:
+        """Selection time and, per source domain, its share of the selection (logged as eval/selection/...)."""
+        return {k: float(v) for k, v in self.stats.items() if isinstance(v, (int, float))}
