@@ -31,11 +31,9 @@ _SKIP_DIRS = {"test", "tests", "site-packages", "idlelib", "lib2to3", "__pycache
 
 
 # ---------------------------------------------------------------------------------------------- documents
-def stdlib_documents(min_chars: int = 200) -> list[str]:
-    """English prose from this Python installation: pydoc topics and stdlib docstrings, in a fixed order."""
-    import pydoc_data.topics
-
-    docs = [pydoc_data.topics.topics[k].strip() for k in sorted(pydoc_data.topics.topics)]
+def stdlib_sources():
+    """(source text, parsed module) of every parseable .py file of this Python's stdlib, in a fixed order
+    (tests and vendored code skipped)."""
     lib = sysconfig.get_paths()["stdlib"]
     for root, dirs, files in os.walk(lib):
         dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS)
@@ -43,14 +41,23 @@ def stdlib_documents(min_chars: int = 200) -> list[str]:
             if not f.endswith(".py"):
                 continue
             try:
-                tree = ast.parse(Path(root, f).read_text(encoding="utf-8"))
+                text = Path(root, f).read_text(encoding="utf-8")
+                yield text, ast.parse(text)
             except (SyntaxError, UnicodeDecodeError, ValueError):
                 continue
-            for node in ast.walk(tree):
-                if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-                    d = ast.get_docstring(node)
-                    if d and len(d) >= min_chars:
-                        docs.append(d.strip())
+
+
+def stdlib_documents(min_chars: int = 200) -> list[str]:
+    """English prose from this Python installation: pydoc topics and stdlib docstrings, in a fixed order."""
+    import pydoc_data.topics
+
+    docs = [pydoc_data.topics.topics[k].strip() for k in sorted(pydoc_data.topics.topics)]
+    for _, tree in stdlib_sources():
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                d = ast.get_docstring(node)
+                if d and len(d) >= min_chars:
+                    docs.append(d.strip())
     return [d for d in docs if len(d) >= min_chars]
 
 

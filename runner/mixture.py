@@ -39,7 +39,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from runner.data import (
-    _SKIP_DIRS,
     TokenData,
     _hash,
     _publish,
@@ -47,6 +46,7 @@ from runner.data import (
     load_tokenizer,
     split_documents,
     stdlib_documents,
+    stdlib_sources,
     tokenize,
 )
 from runner.errors import ConfigError, choices_hint
@@ -127,29 +127,19 @@ def _domain_specs(d: DictConfig) -> list[dict]:
 def code_documents(min_chars: int = 200, max_chars: int = 4000) -> list[str]:
     """Python source of this installation's stdlib, one document per top-level function or class (a class
     longer than max_chars: one per method), in a fixed order."""
-    lib = sysconfig.get_paths()["stdlib"]
     docs = []
-    for root, dirs, files in os.walk(lib):
-        dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS)
-        for f in sorted(files):
-            if not f.endswith(".py"):
+    for text, tree in stdlib_sources():
+        lines = text.splitlines()
+        for node in tree.body:
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 continue
-            try:
-                text = Path(root, f).read_text(encoding="utf-8")
-                tree = ast.parse(text)
-            except (SyntaxError, UnicodeDecodeError, ValueError):
-                continue
-            lines = text.splitlines()
-            for node in tree.body:
-                if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                    continue
-                chunk = "\n".join(lines[node.lineno - 1:node.end_lineno])
-                if len(chunk) > max_chars and isinstance(node, ast.ClassDef):
-                    parts = ["\n".join(lines[m.lineno - 1:m.end_lineno]) for m in node.body
-                             if isinstance(m, (ast.FunctionDef, ast.AsyncFunctionDef))]
-                else:
-                    parts = [chunk]
-                docs += [p for p in parts if min_chars <= len(p) <= max_chars]
+            chunk = "\n".join(lines[node.lineno - 1:node.end_lineno])
+            if len(chunk) > max_chars and isinstance(node, ast.ClassDef):
+                parts = ["\n".join(lines[m.lineno - 1:m.end_lineno]) for m in node.body
+                         if isinstance(m, (ast.FunctionDef, ast.AsyncFunctionDef))]
+            else:
+                parts = [chunk]
+            docs += [p for p in parts if min_chars <= len(p) <= max_chars]
     return docs
 
 

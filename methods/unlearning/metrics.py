@@ -1,6 +1,7 @@
 """TOFU's evaluation metrics ("TOFU: A Task of Fictitious Unlearning for LLMs", Maini et al.,
 arXiv:2401.06121, sec. 2.2; definitions as computed by the authors' code, locuslab/tofu
-`evaluate_util.py` and `aggregate_eval_stat.py`).
+`evaluate_util.py` and `aggregate_eval_stat.py`; checked against the latter's get_forget_quality /
+get_model_utility and the former's length-normalised `avg_gt_loss`: the same formulas as below).
 
 Inputs are TOFU's per-question, length-normalised losses: L(a) = NLL(a | q) / |a| (mean over the answer
 tokens; `losses.sequence_nll(..., reduction="mean")`).
