@@ -452,8 +452,11 @@ def _semantic_checks(cfg: DictConfig, bad: set[str]) -> list[str]:
         cls = import_target(cfg.method._target_)
         accepted = tuple(getattr(cls, "datasets", ()) or ())
         if accepted and d.source not in accepted:
-            out.append(f"dataset.source: method={cfg.method.get('name', cls.__name__)} runs on dataset.source "
-                       f"{' or '.join(accepted)}, not {d.source}; pick a dataset= whose source is one of: {', '.join(accepted)}")
+            options = [o for o in group_options("dataset")
+                       if OmegaConf.load(CONFIG_DIR / "dataset" / f"{o}.yaml").get("source") in accepted]
+            out.append(f"dataset: method={cfg.method.get('name', cls.__name__)} runs on dataset.source "
+                       f"{' or '.join(accepted)}, not {d.source}; choose one of: "
+                       + ", ".join(f"dataset={o}" for o in options))
     r = cfg.get("resume")
     if ok("resume") and r not in (None, "auto") and not Path(str(r)).expanduser().is_dir():
         out.append(f"resume: no such run directory: {r} (give a run directory or resume=auto)")

@@ -32,6 +32,8 @@ CASES = {
     "two-unknown-keys": (["foo=1", "model.hidden_sze=3"], ["foo", "model.hidden_sze"]),
     "frugal-under-fsdp": (["method=frugal", "hardware=h100x8"], ["hardware.strategy", "frugal", "fsdp", "ddp"]),
     "bad-base-steps": (["base_steps=0"], ["base_steps", "positive"]),
+    # a method bound to its own kind of data names the dataset options that have it
+    "method-needs-its-dataset": (["method=npo"], ["dataset", "npo", "stdlib-docs", "dataset=fictitious-authors", "dataset=tofu"]),
     "t5-dry-run": (["model=t5-tiny", "dataset=noisy-copy", "dry_run=true"], ["model.arch", "t5", "dry_run=true"]),
     # a method's own checks (its __init__) run in preflight too, one line per problem
     "method-value": (["method=gear", "method.bits=3", "method.group_size=0"], ["method.bits", "1, 2, 4, 8", "method.group_size"]),
