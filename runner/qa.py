@@ -220,8 +220,26 @@ class QAData(TokenData):
         self.pairs = isinstance(module_class, type) and issubclass(module_class, UnlearningModule)
         self.cfg, self.is_base = cfg, is_base
         if not is_base:
+            self._warn_if_facts_unlearned(cfg)
             given = (cfg.dataset.get("generator") or {}).get("retain_model")
             self.retain_model_dir = Path(str(given)).expanduser() if given else ensure_retain_model(cfg)
+
+    # The tiny fact models memorise the facts after ~25 passes over them (experiment=unlearn: 600 steps of
+    # 16 rows of 3 facts for 1000 facts); far fewer leaves a model that never learned what it should forget.
+    MIN_PASSES = 10
+
+    def _warn_if_facts_unlearned(self, cfg: DictConfig) -> None:
+        """Warn when the runner's own fact model (the cached base model) saw the facts too few times."""
+        from runner.basemodel import base_dir
+
+        if not cfg.model.init_from or Path(str(cfg.model.init_from)).resolve() != base_dir(cfg).resolve():
+            return  # a model the user gave: theirs to judge
+        passes = cfg.base_steps * cfg.dataset.batch_size * self.facts_per_row / max(1, len(self.training_facts()))
+        if passes < self.MIN_PASSES:
+            log.warning("the fact model trains %d steps = %.1f passes over the %d facts, too few to learn them "
+                        "(unlearning a model that never learned the facts says little); raise base_steps to ~%d "
+                        "or use experiment=unlearn", cfg.base_steps, passes, len(self.training_facts()),
+                        int(cfg.base_steps * 25 / max(passes, 1e-9)))
 
     def make_loaders(self, batch_size: int, total_micro_batches: int, seed: int, start, rank: int = 0,
                      world: int = 1, val_batches: int | None = None, num_workers: int = 0):

@@ -206,3 +206,24 @@ def test_objectives_through_the_module_start_at_the_reference(data):
     assert loss_and_grad("npo_kl")[0] == pytest.approx(20 * math.log(2), rel=1e-6)
     assert loss_and_grad("npo_rt")[0] == pytest.approx(20 * math.log(2) + retain_nll, rel=1e-5)
     assert loss_and_grad("grad_diff")[0] == pytest.approx(ga + retain_nll, rel=1e-5)
+
+
+def test_a_fact_model_trained_too_briefly_is_flagged(caplog):
+    """The runner's own fact model: a warning when it sees the facts too few times to learn them, none at the
+    scale that does (experiment=unlearn), none for a model the user gives."""
+    import logging
+
+    from runner.basemodel import base_dir
+
+    def warned(overrides: list[str], own_model: bool = True) -> bool:
+        cfg = compose_cfg(["method=npo", *overrides])
+        cfg.model.init_from = str(base_dir(cfg)) if own_model else str(REPO)
+        data = qa.build_qa_data(cfg.dataset, cfg.model.seq_len, os.environ["METHODBENCH_CACHE"])
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="methodbench"):
+            data._warn_if_facts_unlearned(cfg)
+        return any("too few to learn them" in r.message for r in caplog.records)
+
+    assert warned(["dataset=fictitious-authors", "base_steps=100"])
+    assert not warned(["experiment=unlearn"])
+    assert not warned(["dataset=fictitious-authors", "base_steps=100"], own_model=False)
