@@ -227,3 +227,21 @@ def test_a_fact_model_trained_too_briefly_is_flagged(caplog):
     assert warned(["dataset=fictitious-authors", "base_steps=100"])
     assert not warned(["experiment=unlearn"])
     assert not warned(["dataset=fictitious-authors", "base_steps=100"], own_model=False)
+
+
+def test_an_unlearning_run_resumes_exactly(tmp_path):
+    """Through the runner: npo_kl (a frozen reference in the module, pair batches) resumed from its step-3
+    checkpoint ends with the train/val losses and the TOFU metrics of the uninterrupted run."""
+    from runner.train import run
+
+    overrides = [*BASE, *BENCH, "method=npo_kl", "trainer.max_steps=6", "trainer.val_every_n_steps=6",
+                 "trainer.checkpoint_every_n_steps=3", "logger=none", f"paths.runs_dir={tmp_path}"]
+    full = run(compose_cfg(overrides), run_dir=tmp_path / "full", identity="full")
+    for f in (tmp_path / "full" / "checkpoints").iterdir():
+        if f.name != "step000003.ckpt":
+            f.unlink()
+    resumed = run(compose_cfg([*overrides, f"resume={tmp_path / 'full'}"]), run_dir=tmp_path / "full", identity="full")
+    assert resumed["steps"] == full["steps"] == 6
+    for key in ("train/loss", "val/loss", "eval/forget_prob", "eval/retain_prob", "eval/forget_quality",
+                "eval/model_utility"):
+        assert resumed[key] == pytest.approx(full[key], abs=1e-6), key
