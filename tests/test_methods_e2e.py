@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -58,23 +59,28 @@ def method_runs(tmp_path_factory, base_lm):
     for m in METHODS:
         groups.setdefault(_group(m), []).append(m)
     runs = tmp_path_factory.mktemp("methods")
-    procs = {}
+    jobs = {}
     for (source, needs_model), methods in sorted(groups.items()):
         label = f"{source or 'default'}-{'post' if needs_model else 'train'}"
         common = [*(BASE if needs_model else TINY), *DATASETS.get(source, [])]
         steps = [f"trainer.max_steps={STEPS}", f"trainer.val_every_n_steps={STEPS}"]
         if needs_model and not any(_trains(m) for m in methods):
             steps = ["trainer.max_steps=0"]
-        procs[label] = run_cli("-m", f"method={','.join(methods)}", *common, *steps, "logger=csv",
-                               runs_dir=runs / label, check=False, timeout=1200)
+        jobs[label] = ["-m", f"method={','.join(methods)}", *common, *steps, "logger=csv"]
+    # one multirun per group, two at a time (each runs single-threaded: hardware.threads=1)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {label: pool.submit(run_cli, *args, runs_dir=runs / label, check=False, timeout=1200)
+                   for label, args in jobs.items()}
+        procs = {label: f.result() for label, f in futures.items()}
     summaries = {k: v for label in procs for k, v in _summaries(runs / label).items()}
     saved = {m: s["compress/saved"] for m, s in summaries.items() if "compress/saved" in s}
-    reloaded = {}
-    for m, path in saved.items():  # one process per saved model: each evaluates it with the baseline method
-        out = runs / "reload" / m
-        run_cli("method=adamw", *TINY, "trainer.max_steps=0", f"model.init_from={path}", "logger=none",
-                runs_dir=out, check=False)
-        reloaded[m] = next(iter(_summaries(out).values()), None)
+    with ThreadPoolExecutor(max_workers=2) as pool:  # each saved model in its own process, evaluated by the baseline
+        futures = {m: pool.submit(run_cli, "method=adamw", *TINY, "trainer.max_steps=0", f"model.init_from={path}",
+                                  "logger=none", runs_dir=runs / "reload" / m, check=False)
+                   for m, path in saved.items()}
+        for f in futures.values():
+            f.result()
+    reloaded = {m: next(iter(_summaries(runs / "reload" / m).values()), None) for m in saved}
     return summaries, reloaded, procs
 
 
