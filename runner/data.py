@@ -186,6 +186,21 @@ def tokenize(tokenizer, docs: list[str], batch: int = 1000) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- token data
+def token_blocks(tokens: np.ndarray, seq_len: int) -> torch.Tensor:
+    """(n, seq_len + 1) int64 non-overlapping blocks of a token stream (n may be 0); consecutive blocks share
+    one boundary token."""
+    n = max(0, (len(tokens) - 1) // seq_len)
+    idx = np.arange(n)[:, None] * seq_len + np.arange(seq_len + 1)[None, :]
+    return torch.from_numpy(np.asarray(tokens)[idx].astype(np.int64).reshape(n, seq_len + 1))
+
+
+def tokenizer_id(tokenizer, d: DictConfig) -> str:
+    """What identifies a tokenizer in cache keys: a hash of its serialisation, else its configured name."""
+    if hasattr(tokenizer, "backend_tokenizer"):
+        return _hash(tokenizer.backend_tokenizer.to_str())
+    return str(d.tokenizer.name)
+
+
 @dataclass
 class TokenData:
     """What the runner hands to methods: token streams, the tokenizer, and corpus statistics."""
@@ -202,12 +217,9 @@ class TokenData:
     def blocks(self, split: str) -> torch.Tensor:
         """Non-overlapping (n, seq_len + 1) blocks; consecutive blocks share one boundary token."""
         tokens = self.train if split == "train" else self.val
-        L = self.seq_len
-        n = (len(tokens) - 1) // L
-        if n <= 0:
-            raise ConfigError(f"model.seq_len: {L} is longer than the {split} split ({len(tokens)} tokens)")
-        idx = np.arange(n)[:, None] * L + np.arange(L + 1)[None, :]
-        return torch.from_numpy(tokens[idx].astype(np.int64))
+        if len(tokens) <= self.seq_len:
+            raise ConfigError(f"model.seq_len: {self.seq_len} is longer than the {split} split ({len(tokens)} tokens)")
+        return token_blocks(tokens, self.seq_len)
 
     def unigram_ppl(self, targets: torch.Tensor | np.ndarray | None = None) -> float:
         """Perplexity of the add-one-smoothed unigram distribution of train on `targets` (default: every
@@ -235,7 +247,7 @@ def build_data(d: DictConfig, seq_len: int, cache_dir: str) -> TokenData:
     docs = load_documents(d)
     train_docs, val_docs = split_documents(docs, float(d.val_fraction))
     tokenizer = load_tokenizer(d.tokenizer, train_docs, cache)
-    tok_id = _hash(tokenizer.backend_tokenizer.to_str()) if hasattr(tokenizer, "backend_tokenizer") else str(d.tokenizer.name)
+    tok_id = tokenizer_id(tokenizer, d)
     key = _hash("tokens-v2", _hash(*docs), d.val_fraction, tok_id)
     tdir = cache / "tokens" / key
     if (tdir / "train.npy").exists() and (tdir / "val.npy").exists():

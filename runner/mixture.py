@@ -47,7 +47,9 @@ from runner.data import (
     split_documents,
     stdlib_documents,
     stdlib_sources,
+    token_blocks,
     tokenize,
+    tokenizer_id,
 )
 from runner.errors import ConfigError, choices_hint
 
@@ -275,10 +277,7 @@ class MixtureData(TokenData):
 
     def domain_blocks(self, domain: str, split: str) -> torch.Tensor:
         """(n, seq_len + 1) non-overlapping blocks of one domain's tokens (consecutive ones share a boundary token)."""
-        tokens, L = self.domain_stream(domain, split), self.seq_len
-        n = self.n_blocks(domain, split)
-        idx = np.arange(n)[:, None] * L + np.arange(L + 1)[None, :]
-        return torch.from_numpy(np.asarray(tokens, dtype=np.int64)[idx].reshape(n, L + 1))
+        return token_blocks(self.domain_stream(domain, split), self.seq_len)
 
     @property
     def sizes(self) -> np.ndarray:
@@ -429,8 +428,7 @@ def build_mixture_data(d: DictConfig, seq_len: int, cache_dir: str) -> MixtureDa
             raise ConfigError(f"dataset.domains[{name}]: {e}; raise its documents") from e
     union = [t for name in docs for t in split[name][0]]
     tokenizer = load_tokenizer(d.tokenizer, union, cache)
-    tok_id = (_hash(tokenizer.backend_tokenizer.to_str()) if hasattr(tokenizer, "backend_tokenizer")
-              else str(d.tokenizer.name))
+    tok_id = tokenizer_id(tokenizer, d)
     domain_docs, domain_tokens = {}, {}
     for name in docs:
         for s, texts in zip(("train", "val"), split[name]):

@@ -283,13 +283,9 @@ def run(cfg: DictConfig, run_dir: Path | None = None, identity: str | None = Non
     elif module.last_val_step != trainer.global_step:
         trainer.validate(module, dataloaders=val_dl, verbose=False)
     val_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-    if "evaluate" in method.stages:
-        module.model.eval()
-        extra = method.evaluate(module.model, data)
-    else:
-        extra = {}
+    module.model.eval()
+    extra = method.evaluate(module.model, data) if "evaluate" in method.stages else {}
     if hasattr(data, "evaluate"):  # the dataset's own metrics (BLEU, TOFU's forget quality, ...)
-        module.model.eval()
         extra = {**data.evaluate(module.model), **extra}
 
     summary = {

@@ -73,21 +73,6 @@ class CooldownSchedule:
         return self.taus[int(np.searchsorted(self.switch_steps, step, side="right"))]
 
 
-class DomainSampler:
-    """Draws the domain of every example of a batch from p(τ(step)); seeded per (seed, step), so a
-    resumed run draws the same domains without saving generator state."""
-
-    def __init__(self, sizes: Sequence[float], schedule: CooldownSchedule, seed: int = 0):
-        self.sizes, self.schedule, self.seed = list(sizes), schedule, seed
-
-    def probs(self, step: int) -> np.ndarray:
-        return temperature_probs(self.sizes, self.schedule.tau(step))
-
-    def sample(self, step: int, batch_size: int) -> np.ndarray:
-        rng = np.random.default_rng([self.seed, step])
-        return rng.choice(len(self.sizes), size=batch_size, p=self.probs(step))
-
-
 def dga_update(alpha: torch.Tensor, domain_grads: torch.Tensor, specific_grad: torch.Tensor,
                lr: float = 1.0, beta: float = 0.0, normalize: bool = False) -> torch.Tensor:
     """One DGA mixture update. alpha: (k,) on the simplex; domain_grads: (k, d) flattened ∇ℓ_i;

@@ -15,7 +15,6 @@ import torch
 
 from methods.data.mixing import (
     CooldownSchedule,
-    DomainSampler,
     dga_update,
     natural_probs,
     scalarization_weights,
@@ -167,24 +166,10 @@ def test_expected_gradient_of_sampling_equals_scalarized_gradient():
 def test_cooldown_switches_at_configured_step():
     schedule = CooldownSchedule(taus=(5.0, 1.0), switch_steps=(50,))
     assert [schedule.tau(s) for s in (0, 49, 50, 51, 10_000)] == [5.0, 5.0, 1.0, 1.0, 1.0]
-    sampler = DomainSampler(SIZES, schedule, seed=0)
-    np.testing.assert_allclose(sampler.probs(49), temperature_probs(SIZES, 5.0))
-    np.testing.assert_allclose(sampler.probs(50), natural_probs(SIZES))
     three = CooldownSchedule(taus=(10.0, 3.0, 1.0), switch_steps=(10, 20))
     assert [three.tau(s) for s in (9, 10, 19, 20)] == [10.0, 3.0, 3.0, 1.0]
     with pytest.raises(ValueError, match="switch_steps"):
         CooldownSchedule(taus=(5.0, 1.0), switch_steps=())
-
-
-def test_sampler_frequencies_match_p_within_sampling_error():
-    sampler = DomainSampler(SIZES, CooldownSchedule(taus=(5.0, 1.0), switch_steps=(200,)), seed=3)
-    for steps, tau in ((range(0, 200), 5.0), (range(200, 400), 1.0)):
-        draws = np.concatenate([sampler.sample(s, 64) for s in steps])
-        p = temperature_probs(SIZES, tau)
-        freq = np.bincount(draws, minlength=3) / len(draws)
-        sigma = np.sqrt(p * (1 - p) / len(draws))
-        assert (np.abs(freq - p) <= 5 * sigma + 1e-12).all(), (tau, freq, p)
-    assert np.array_equal(sampler.sample(7, 32), sampler.sample(7, 32))  # seeded per step
 
 
 # ---------------------------------------------------------------- DGA
