@@ -36,7 +36,7 @@ test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check runner methods kernels tests bench
+	$(VENV)/bin/ruff check runner tasks models methods kernels tests bench
 
 bench: setup
 	$(PY) bench/overhead.py

@@ -31,8 +31,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from runner.basemodel import load_base  # noqa: E402
-from runner.train import loss_and_kl  # noqa: E402
+from runner.api import load_base  # noqa: E402
+from runner.stages import loss_and_kl  # noqa: E402
 
 
 def main() -> None:

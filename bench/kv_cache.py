@@ -32,7 +32,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from runner.basemodel import load_base  # noqa: E402
+from runner.api import load_base  # noqa: E402
 
 
 def main() -> None:

@@ -37,7 +37,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from runner.basemodel import load_base  # noqa: E402
+from runner.api import load_base  # noqa: E402
 from runner.config import compose  # noqa: E402
 
 DEFAULT_BASE = ["model.hidden_size=64", "model.intermediate_size=128", "model.num_layers=2", "model.num_heads=2",

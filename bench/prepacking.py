@@ -32,15 +32,15 @@ def model_config(name: str, vocab: int | None):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from runner.config import CONFIG_DIR, register_resolvers
-    from runner.models import hf_config
+    from runner.config import CONFIG_DIR, architecture, register_resolvers
 
     register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR), job_name="bench"):
         cfg = compose(config_name="config", overrides=[f"model={name}"])
     GlobalHydra.instance().clear()
-    return hf_config(cfg.model, vocab or cfg.model.vocab_size or 32000), int(cfg.model.seq_len)
+    seq_len = int(cfg.model.seq_len)
+    return architecture(cfg.model).hf_config(vocab or cfg.model.vocab_size or 32000, seq_len), seq_len
 
 
 def cpu_peak_bytes(fn) -> int:

@@ -6,7 +6,7 @@ GA collapses, NPO moves far slower along the same path).
     python bench/unlearning_repro.py                        # experiment=unlearn: 100 authors, 60 steps
     python bench/unlearning_repro.py --steps 100 --every 10 --lr 3e-4
 
-The first run trains the fact model and the retain-only model once (runner/basemodel.py cache). Prints a
+The first run trains the fact model and the retain-only model once (runner/trained.py cache). Prints a
 table (ratios against the fact model in the same run) and saves docs/unlearning_curve.png.
 """
 
@@ -72,10 +72,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("WANDB_SILENT", "true")
 
-    from runner.basemodel import base_dir
-    from runner.data import build_data
-    from runner.qa import retain_config
     from runner.train import run
+    from runner.trained import TrainedModels, model_dir
+    from tasks.qa import RETAIN_ONLY
 
     runs_dir = Path(tempfile.mkdtemp(prefix="unlearning-"))
     methods = [m for m in args.methods.split(",") if (REPO / "configs" / "method" / f"{m}.yaml").exists()]
@@ -91,18 +90,19 @@ def main() -> None:
         seconds[method] = time.perf_counter() - t0
 
     cfg = compose(overrides(args, "npo", runs_dir))
-    fact = json.loads((base_dir(cfg) / "summary.json").read_text())
-    data = build_data(cfg.dataset, cfg.model.seq_len, cfg.paths.cache_dir)
-    data.bind_run(cfg, is_base=False)
-    # the starting point's forget quality (the base runs do not compute it)
-    from runner.models import build_model, model_vocab_size
+    fact = json.loads((model_dir(cfg) / "summary.json").read_text())
+    # the task as a run builds it (the retain-only model for forget quality), and the starting point's
+    # forget quality (the runner's own runs do not compute it)
+    from runner.config import make_task
+    from tasks.base import BuildContext
 
-    m = cfg.model.copy()
-    m.init_from = str(base_dir(cfg))
-    fact_eval = data.evaluate(build_model(m, model_vocab_size(m, data.vocab_size)).float().eval())
-    retain_m = cfg.model.copy()
-    retain_m.init_from = str(base_dir(retain_config(cfg)))
-    retain_eval = data.evaluate(build_model(retain_m, model_vocab_size(retain_m, data.vocab_size)).float().eval())
+    trained = TrainedModels(cfg, run, vocab_size=lambda path: json.loads((Path(path) / "summary.json").read_text())["vocab_size"])
+    data = make_task(cfg.dataset).build(BuildContext(
+        seq_len=cfg.model.seq_len, cache_dir=Path(cfg.paths.cache_dir).expanduser(), seed=cfg.seed,
+        batch_size=cfg.dataset.batch_size, max_steps=0, accumulate_grad_batches=1, needs=frozenset({"forget-retain"}),
+        trained_model=trained, load_model=trained.load))
+    fact_eval = data.evaluate(trained.load(str(model_dir(cfg))))
+    retain_eval = data.evaluate(trained.load(str(model_dir(cfg, *RETAIN_ONLY))))
     for method in CURVE:
         if method in results:
             curves[method] = curve(runs_dir / method, data, cfg, fact)

@@ -5,23 +5,30 @@ AdamW (decoupled weight decay on matrices only) with linear warmup and cosine de
 next-token cross-entropy through the kernel registry. A method whose training step differs (a frozen
 reference model, a teacher, an inner loop) sets `module_class` to a subclass of `MethodModule`.
 
-The runner calls, in order and only where a method overrides them (see `Method.stages`):
-    prepare_data -> prepare_model -> train -> compress -> evaluate
+The runner runs the stages `Method.stages` lists, in that order; by default those the method overrides, in
+the order prepare_data -> prepare_model -> train -> compress -> evaluate. A method may reorder them (compress
+-> train: a fine-tune of the compressed model); every train stage runs in the runner's Lightning trainer
+(logged, checkpointed, resumable). What a method needs of the task and the model is declared here too
+(`needs_task`, `needs_model`) and checked when the config is validated, before any work.
 
-`MethodModule` lives in methods/module.py (importing Lightning takes seconds; validating a config
-needs only this file) and is importable from here too.
+`MethodModule` lives in methods/module.py (importing Lightning takes seconds; validating a config needs only
+this file); this file does not import it.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from methods.module import MethodModule
+# The runner's trained models on demand: (role, changes to the task's arguments) -> that model, trained once
+# and cached by everything that decides its weights, in eval mode (e.g. ("base", {}): the baseline trained on
+# this run's task; ("retain-only", {"generator": {"train_on": "retain"}}): tasks/qa.py's reference model).
+TrainedModel = Callable[..., nn.Module]
+STAGES = ("prepare_data", "prepare_model", "train", "compress", "evaluate")
 
 
 class Method:
@@ -38,12 +45,17 @@ class Method:
         self.warmup_steps = int(warmup_steps)
         self.min_lr_ratio = float(min_lr_ratio)
 
-    module_class: type | None = None  # None: MethodModule
+    module_class: type | None = None  # None: the task's module (tasks/base.py), else methods.module.MethodModule
     # False where the method needs whole parameter matrices, which FSDP's flat shards are not (checked at
     # config time: hardware.strategy=fsdp is refused with a one-line error).
     supports_fsdp: bool = True
-    # The dataset sources (dataset.source) the method runs on; empty: any. Checked at config time.
-    datasets: tuple[str, ...] = ()
+    # What the method needs of the task (capabilities a Task `provides`: "tokens", "domains", "forget-retain",
+    # "seq2seq", ...) and of the model (its Architecture.kind or a capability it `provides`: "causal-lm",
+    # "decoder-layers", ...); empty: anything. Checked at config time, one line naming both sides.
+    needs_task: frozenset[str] = frozenset()
+    needs_model: frozenset[str] = frozenset()
+    # Set by the runner before any stage: trained, cached models by role (see TrainedModel above).
+    trained_model: TrainedModel | None = None
 
     # -- kernels -----------------------------------------------------------------------------
     # The runner binds the hardware config's `kernels:` map before any stage runs, so a method's own
@@ -70,9 +82,14 @@ class Method:
         return model
 
     def compress(self, model: nn.Module, data: Any) -> nn.Module:
-        """Post-training transform of a trained model. A search may leave its curve in `self.history` (a list
-        of {name: number} rows, e.g. fitness per generation): the runner logs each row as compress/<name>."""
+        """Post-training transform of a trained model. The runner evaluates before and after with the same
+        evaluator, measures the KL to the dense model and saves the result (runner/stages.py)."""
         return model
+
+    def stage_log(self, stage: str) -> list[dict[str, float]]:
+        """Rows the runner logs under `<stage>/` after `stage` ran, one logger step each: a search's curve
+        (EvoPress: fitness per generation). Default: none."""
+        return []
 
     def evaluate(self, model: nn.Module, data: Any) -> dict[str, float]:
         """The method's own metrics, logged beside validation loss/perplexity."""
@@ -92,15 +109,20 @@ class Method:
 
     @property
     def stages(self) -> list[str]:
-        base = Method
-        out = [s for s in ("prepare_data", "prepare_model") if getattr(type(self), s) is not getattr(base, s)]
-        if self.trains:
-            out.append("train")
-        out += [s for s in ("compress", "evaluate") if getattr(type(self), s) is not getattr(base, s)]
-        return out
+        """The stages the runner runs, in order (names from STAGES). Default: the hooks this method overrides,
+        and train where `trains`, in the order of STAGES."""
+        overridden = {s for s in STAGES if s != "train" and getattr(type(self), s) is not getattr(Method, s)}
+        return [s for s in STAGES if s in overridden or (s == "train" and self.trains)]
+
+    def train_steps(self, configured: int) -> int:
+        """Optimizer steps of the train stage; default trainer.max_steps (a fine-tune may set its own)."""
+        return configured
+
+    def after_optimizer_step(self, module: Any) -> None:
+        """Called after every optimizer step of a train stage (e.g. re-apply a pruning mask)."""
 
     # -- training ----------------------------------------------------------------------------
-    def loss(self, module: MethodModule, batch: torch.Tensor) -> torch.Tensor:
+    def loss(self, module: Any, batch: torch.Tensor) -> torch.Tensor:
         """Next-token cross-entropy of `batch` (B, T+1 token ids)."""
         return module.lm_loss(batch)
 
@@ -126,7 +148,7 @@ class Method:
 
         return f
 
-    def configure_optimizers(self, module: MethodModule) -> dict:
+    def configure_optimizers(self, module: Any) -> dict:
         opt = self.build_optimizer(module.model)
         total = max(1, int(module.trainer.max_steps))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, self.lr_lambda(total))
@@ -135,11 +157,3 @@ class Method:
     def optimizer_state_bytes(self, model: nn.Module) -> int:
         """Optimizer state size, for dry runs (works on meta tensors). AdamW: two fp32 moments."""
         return sum(2 * 4 * p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def __getattr__(name: str):
-    if name == "MethodModule":
-        from methods.module import MethodModule
-
-        return MethodModule
-    raise AttributeError(f"module 'methods.base' has no attribute {name!r}")

@@ -8,6 +8,7 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import kernels
@@ -18,14 +19,20 @@ class MethodModule(pl.LightningModule):
     """The generic LightningModule: a model, a method, the kernels the hardware chose.
 
     It counts tokens and micro-batches and saves RNG states with each checkpoint, so that a resumed run
-    continues exactly where it stopped.
+    continues exactly where it stopped. Its batches are next-token LM blocks (B, T+1), or (tokens, domain)
+    tuples; a task with other batches names a subclass (TaskData.module_class). `data` is the run's task data
+    and `seed` the run's seed, for modules whose steps draw (masks, noise) from a generator of their own.
     """
 
+    reports_perplexity = True  # val/ppl = exp(val/loss): true of next-token losses only
+
     def __init__(self, model: nn.Module, method: Method, kernels_map: dict[str, str] | None = None,
-                 kernel_fallback: bool = True):
+                 kernel_fallback: bool = True, data: Any = None, seed: int = 0):
         super().__init__()
         self.model = model
         self.method = method
+        self.data = data
+        self.seed = int(seed)
         self.kernels_map = dict(kernels_map or {"cross_entropy": "reference"})
         self.kernel_fallback = kernel_fallback
         self._kernels: dict[str, Any] = {}
@@ -50,7 +57,14 @@ class MethodModule(pl.LightningModule):
         return self.model.get_decoder()(input_ids=input_ids).last_hidden_state
 
     def lm_loss(self, batch: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """Next-token cross-entropy of (B, T+1) blocks: through the cross_entropy kernel from the last hidden
+        states where the model has a decoder and an output layer (transformers LMs), else from its logits."""
         inputs, targets = batch[:, :-1], batch[:, 1:]
+        if not (hasattr(self.model, "get_decoder") and hasattr(self.model, "get_output_embeddings")):
+            out = self.model(input_ids=inputs)
+            logits = getattr(out, "logits", out).float()
+            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction=reduction)
+            return loss.view_as(targets) if reduction == "none" else loss
         hidden = self.hidden_states(inputs)
         weight = self.model.get_output_embeddings().weight
         return self.kernel("cross_entropy")(hidden, weight, targets, reduction=reduction)
@@ -126,7 +140,8 @@ class MethodModule(pl.LightningModule):
         count = self.trainer.strategy.reduce(self._val_count, reduce_op="sum")
         loss = (total / count.clamp_min(1)).float()
         self.log("val/loss", loss, prog_bar=True, sync_dist=False)
-        self.log("val/ppl", torch.exp(loss), sync_dist=False)
+        if self.reports_perplexity:
+            self.log("val/ppl", torch.exp(loss), sync_dist=False)
         if self._val_domain_sum is not None:  # val/loss/<domain>: the token-weighted mean of these is val/loss
             sums = self.trainer.strategy.reduce(self._val_domain_sum, reduce_op="sum")
             counts = self.trainer.strategy.reduce(self._val_domain_count, reduce_op="sum")
@@ -137,6 +152,10 @@ class MethodModule(pl.LightningModule):
 
     def configure_optimizers(self):
         return self.method.configure_optimizers(self)
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        self.method.after_optimizer_step(self)
 
     # -- exact resume ------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

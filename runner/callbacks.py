@@ -27,7 +27,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class Throughput(pl.Callback):
-    """Tokens per second of training (validation time excluded), logged as train/tokens_per_s.
+    """Tokens per second of training (validation time excluded), logged as train/tokens_per_s. Tokens are what
+    the module counts (`tokens_seen`: next-token targets of LM batches; a task's module may count otherwise).
 
     The run's figure (`tokens_per_s`) leaves out the first `skip` batches of each process: start-up,
     allocator warm-up and torch.compile's compilation are not throughput.
@@ -46,12 +47,13 @@ class Throughput(pl.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self._t0 = time.perf_counter()
+        self._seen = pl_module.tokens_seen
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if self._t0 is None:
             return
         dt = time.perf_counter() - self._t0
-        n = (batch[0] if isinstance(batch, (tuple, list)) else batch)[:, 1:].numel() * trainer.world_size
+        n = pl_module.tokens_seen - self._seen  # as the module counts them (all ranks)
         self._batches += 1
         if self._batches > self.skip:
             self.train_time += dt
@@ -104,5 +106,5 @@ class LineProgress(pl.Callback):
         m = trainer.callback_metrics
         if "val/loss" in m:
             at = f"{trainer.global_step}/{trainer.max_steps}" if trainer.global_step else "step 0"
-            print(f"val  {at} | val/loss {float(m['val/loss']):.4f} | "
-                  f"val/ppl {float(m['val/ppl']):.2f}", file=self.stream, flush=True)
+            shown = [f"{k} {float(m[k]):.4f}" for k in ("val/loss", "val/ppl") if k in m]
+            print(f"val  {at} | {' | '.join(shown)}", file=self.stream, flush=True)

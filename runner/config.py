@@ -8,6 +8,8 @@ field comments are the reference for each key.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import datetime as _dt
 import importlib
@@ -16,6 +18,7 @@ import json
 import os
 import types
 import typing
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,46 +37,27 @@ META_FILE = "meta.json"
 # Schemas of the runner-owned sections (methods are validated against their class signature).
 @dataclass
 class ModelSchema:
+    """The runner's keys of a model config; every other key is the architecture's own (models/base.py),
+    checked against the signature of the class `_target_` names."""
+
     name: str
-    arch: str  # llama | t5 (encoder-decoder, runner/seq2seq.py)
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int | None  # null: = num_heads (no GQA)
+    seq_len: int  # tokens per training sequence (the task reads it too)
     vocab_size: int | None  # null: the tokenizer's size
-    seq_len: int
-    tie_embeddings: bool
-    rope_theta: float
-    init_std: float
     init_from: str | None  # .ckpt, run dir, local HF dir, hf://org/name, a saved model.pt, or `base`
-    dropout: float = 0.0  # t5: dropout_rate (llama: unused)
-
-
-@dataclass
-class TokenizerSchema:
-    kind: str  # train | hf
-    name: str | None
-    vocab_size: int | None
-    min_frequency: int
 
 
 @dataclass
 class DatasetSchema:
+    """The runner's keys of a dataset config; every other key is an argument of the task `_target_` names
+    (tasks/base.py), checked against its signature."""
+
     name: str
-    source: str  # stdlib-docs | hub | local | noisy-copy (seq2seq task) | fictitious-authors | tofu | mixture
-    path: str | None
-    subset: str | None
-    split: str
-    text_field: str
-    streaming: bool
-    max_documents: int | None
-    val_fraction: float
-    tokenizer: TokenizerSchema
-    batch_size: int
-    num_workers: int
-    generator: dict[str, Any] = field(default_factory=dict)  # generated tasks: the generator's arguments
-    domains: list[Any] = field(default_factory=list)  # source=mixture: the domains (runner/mixture.py)
+    batch_size: int  # sequences (examples, pairs, ...) per optimizer step per device
+    num_workers: int  # DataLoader worker processes
+
+
+MODEL_KEYS = frozenset({"_target_", "name", "seq_len", "vocab_size", "init_from"})
+DATASET_KEYS = frozenset({"_target_", "name", "batch_size", "num_workers"})
 
 
 @dataclass
@@ -140,9 +124,6 @@ SECTIONS: dict[str, type] = {
 TOP_LEVEL = {"seed": int, "run_name": str, "resume": str | None, "dry_run": bool, "debug": bool, "base_steps": int}
 
 CHOICES = {
-    "model.arch": ["llama", "t5"],
-    "dataset.source": ["stdlib-docs", "hub", "local", "noisy-copy", "fictitious-authors", "tofu", "mixture"],
-    "dataset.tokenizer.kind": ["train", "hf"],
     "hardware.accelerator": ["cpu", "gpu", "cuda", "auto"],
     "hardware.strategy": ["auto", "ddp", "fsdp"],
     "hardware.precision": ["32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true"],
@@ -153,10 +134,28 @@ CHOICES = {
 }
 POSITIVE = {"hardware.devices", "hardware.num_nodes", "trainer.val_every_n_steps", "trainer.log_every_n_steps",
             "trainer.accumulate_grad_batches", "trainer.checkpoint_every_n_steps", "dataset.batch_size",
-            "model.hidden_size", "model.num_layers", "model.num_heads", "model.seq_len"}
+            "model.seq_len"}
 
 
 def group_options(group: str) -> list[str]:
+    """The options of a config group: plain ones sorted, then nested `sub/option` ones sorted. Where Hydra is
+    initialized (in a job, in the CLI's preflight, in compose) those of every config dir on its search path
+    (the repo's configs/, `--config-dir`, `hydra.searchpath`); elsewhere those of the repo's configs/."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.core.object_type import ObjectType
+
+        loader = GlobalHydra.instance().config_loader()
+        # in a job, hydra.searchpath is applied per composition, not to the loader's search path: pass it on
+        extra = list(HydraConfig.get().searchpath or []) if HydraConfig.initialized() else []
+        quoted = ",".join("'" + str(p).replace("'", "\\'") + "'" for p in extra)
+        sp = [f"hydra.searchpath=[{quoted}]"] if extra else []
+        plain = loader.get_group_options(group, ObjectType.CONFIG, overrides=sp)
+        nested = [f"{sub}/{o}" for sub in loader.get_group_options(group, ObjectType.GROUP, overrides=sp)
+                  for o in loader.get_group_options(f"{group}/{sub}", ObjectType.CONFIG, overrides=sp)]
+        return sorted(plain) + sorted(nested)
     d = CONFIG_DIR / group
     if not d.is_dir():
         return []
@@ -215,19 +214,45 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("mb_run_dir", resolve_run_dir, use_cache=True)
 
 
-def compose(overrides: list[str], return_hydra_config: bool = False) -> DictConfig:
-    """The config `python -m runner <overrides>` would run, composed in process (tests, benches, notebooks)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+@contextlib.contextmanager
+def search_path(config_dirs: Sequence[str | Path] = (), searchpath: Sequence[str] = ()) -> Iterator[None]:
+    """GlobalHydra initialized with the config search path `python -m runner` composes with: Hydra's own
+    configs, the repo's configs/ (primary), then each of `config_dirs` (as `--config-dir` adds it) and
+    `searchpath` entries (as `hydra.searchpath=[...]` adds them), then structured configs. Inside it
+    Hydra's compose and runner.config.group_options see the options of every one of those dirs."""
+    from hydra import version
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
     from hydra.core.global_hydra import GlobalHydra
 
-    register_resolvers()
+    csp = create_config_search_path(str(CONFIG_DIR))  # what hydra.main(config_path=CONFIG_DIR) builds
+    for d in config_dirs:  # hydra/_internal/utils.py _run_hydra: add_conf_dir
+        csp.prepend(provider="command-line", path=f"file://{os.path.abspath(os.path.expanduser(str(d)))}",
+                    anchor=SearchPathQuery(provider="schema"))
+    for p in searchpath:  # ConfigLoaderImpl._process_config_searchpath: appended before the schema
+        csp.prepend(provider="hydra.searchpath in command-line", path=str(p), anchor=SearchPathQuery(provider="schema"))
+    version.setbase("1.3")
     GlobalHydra.instance().clear()
+    Hydra.create_main_hydra2(task_name="methodbench", config_search_path=csp)
     try:
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR), job_name="methodbench"):
-            return hydra_compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+        yield
     finally:
         GlobalHydra.instance().clear()
+
+
+def compose(overrides: list[str], return_hydra_config: bool = False,
+            config_dirs: list[str | Path] | tuple[str | Path, ...] = ()) -> DictConfig:
+    """The config `python -m runner <overrides>` would run, composed in process (tests, benches, notebooks).
+    `config_dirs`: config directories of your own, searched after the repo's configs/ as `--config-dir` is."""
+    from hydra import compose as hydra_compose
+
+    register_resolvers()
+    for d in config_dirs:
+        if not Path(d).expanduser().is_dir():
+            raise ConfigError(f"config_dirs: no such directory: {Path(d).expanduser().resolve()}")
+    with search_path(config_dirs):
+        return hydra_compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -262,14 +287,15 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _check_section(node: Any, schema: type, prefix: str, problems: list[str]) -> None:
+def _check_section(node: Any, schema: type, prefix: str, problems: list[str], open_keys: bool = False) -> None:
+    """Check `node` against a schema dataclass; `open_keys`: other keys are a builder's (checked by _check_target)."""
     if not isinstance(node, DictConfig):
         problems.append(f"{prefix}: expected a mapping with keys {', '.join(f.name for f in dataclasses.fields(schema))}")
         return
     fields = {f.name: f for f in dataclasses.fields(schema)}
     hints = typing.get_type_hints(schema)
     for key in node.keys():
-        if key not in fields:
+        if key not in fields and not open_keys:
             problems.append(f"{prefix}.{key}: unknown key; {choices_hint(key, list(fields))}")
     for name in fields:
         full = f"{prefix}.{name}"
@@ -306,23 +332,27 @@ def import_target(path: str) -> Any:
     return getattr(obj, attr)
 
 
-def _check_target(node: DictConfig, prefix: str, problems: list[str]) -> None:
+def _check_target(node: DictConfig, prefix: str, problems: list[str], runner_keys: frozenset[str] = frozenset(),
+                  supplied: frozenset[str] = frozenset()) -> Any:
+    """Check that `_target_` imports and that the node's keys (less the runner's own) bind to its signature;
+    `supplied`: arguments the runner fills in itself. Returns the class (or None on a problem)."""
     target = node.get("_target_")
     if not isinstance(target, str):
         problems.append(f"{prefix}._target_: missing; it names the class to build (e.g. methods.base.Method)")
-        return
+        return None
     try:
         obj = import_target(target)
     except (ImportError, AttributeError) as e:
         problems.append(f"{prefix}._target_: cannot import '{target}' ({e})")
-        return
+        return None
     sig = inspect.signature(obj)
     params = sig.parameters
     takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
     hints = typing.get_type_hints(obj.__init__ if inspect.isclass(obj) else obj)
-    valid = [n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    valid = [n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and n not in supplied]
+    n_before = len(problems)
     for key in node.keys():
-        if str(key).startswith("_"):
+        if str(key).startswith("_") or key in runner_keys:
             continue
         if key not in params and not takes_kwargs:
             problems.append(f"{prefix}.{key}: not an argument of {target}; {choices_hint(key, valid)}")
@@ -330,32 +360,68 @@ def _check_target(node: DictConfig, prefix: str, problems: list[str]) -> None:
         if key in hints and not OmegaConf.is_missing(node, key) and not _type_ok(node[key], hints[key]):
             problems.append(f"{prefix}.{key}: expected {_type_name(hints[key])}, got {node[key]!r}")
     for n, p in params.items():
-        if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in node:
+        if (p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in node
+                and n not in supplied):
             problems.append(f"{prefix}.{n}: required argument of {target} is not set")
+    return obj if len(problems) == n_before else None
 
 
-def _check_method_values(node: DictConfig, problems: list[str]) -> None:
-    """Build the method (constructors are cheap: no model, no data) so that the checks in its __init__ are
-    reported as config problems, one line each, before any work starts."""
+def builder_args(node: DictConfig, cls: Any, runner_keys: frozenset[str]) -> dict[str, Any]:
+    """The constructor arguments of a builder from its config node: every key but the runner's own (a runner
+    key the constructor takes, like a task's `name`, is passed too)."""
+    params = inspect.signature(cls).parameters
+    container = OmegaConf.to_container(node, resolve=True)
+    return {k: v for k, v in container.items()
+            if not str(k).startswith("_") and (k not in runner_keys or k in params and k not in ("_target_",))}
+
+
+def make_task(d: DictConfig) -> Any:
+    """The task builder (tasks/base.py Task) a dataset config names; no I/O."""
+    cls = import_target(str(d._target_))
+    return cls(**builder_args(d, cls, DATASET_KEYS))
+
+
+def architecture(m: DictConfig) -> Any:
+    """The models.base.Architecture `m._target_` names (an nn.Module class is wrapped), configured with the
+    model config's own keys; no weights are built."""
+    from torch import nn
+
+    from models.base import Architecture, ModuleArchitecture
+
+    cls = import_target(str(m._target_))
+    kwargs = {k: v for k, v in m.items() if k not in MODEL_KEYS and not str(k).startswith("_")}
+    if isinstance(cls, type) and issubclass(cls, Architecture):
+        return cls(**kwargs)
+    if isinstance(cls, type) and issubclass(cls, nn.Module):
+        return ModuleArchitecture(cls, kwargs)
+    raise ConfigError(f"model._target_: {m._target_} is neither a models.base.Architecture nor a torch.nn.Module class")
+
+
+def _construct(prefix: str, make, problems: list[str]) -> Any:
+    """Build a component (constructors are cheap: no model, no data) so that the checks in its __init__ are
+    reported as config problems, one line each, before any work starts. Returns it, or None."""
     from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
 
     try:
-        instantiate(node, _convert_="all")
+        return make()
     except InstantiationException as e:
         cause = e.__cause__ or e
         if not isinstance(cause, (ValueError, TypeError)):
             raise
-        parts = str(cause).split("; ")  # a constructor may report several problems joined by "; "
-        if not all(p.startswith("method.") for p in parts):
-            parts = [str(cause)]
-        problems += [p if p.startswith("method") else f"method: {p}" for p in parts]
+        err = cause
     except (ValueError, TypeError) as e:
-        problems.append(f"method: {e}")
+        err = e
+    parts = str(err).split("; ")  # a constructor may report several problems joined by "; "
+    if not all(p.startswith(f"{prefix}.") for p in parts):
+        parts = [str(err)]
+    problems += [p if p.startswith(prefix) else f"{prefix}: {p}" for p in parts]
+    return None
 
 
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError listing every problem in `cfg` (the composed job config)."""
+    from hydra.utils import instantiate
+
     problems: list[str] = []
     for key, tp in TOP_LEVEL.items():
         if key not in cfg:
@@ -366,23 +432,129 @@ def validate(cfg: DictConfig) -> None:
         if name not in cfg:
             problems.append(f"{name}: missing section; choose one with {name}=<option>")
             continue
-        _check_section(cfg[name], schema, name, problems)
+        _check_section(cfg[name], schema, name, problems, open_keys=name in ("model", "dataset"))
     allowed = set(TOP_LEVEL) | set(SECTIONS) | {"method", "experiment", "sweep"}
     for key in cfg.keys():
         if key not in allowed:
             problems.append(f"{key}: unknown top-level key; {choices_hint(key, sorted(allowed))}")
-    if "method" in cfg and isinstance(cfg.method, DictConfig):
-        n = len(problems)
-        _check_target(cfg.method, "method", problems)
-        if len(problems) == n:
-            _check_method_values(cfg.method, problems)
+    built: dict[str, Any] = {}
+    if "method" in cfg and isinstance(cfg.method, DictConfig) and _check_target(cfg.method, "method", problems):
+        built["method"] = _construct("method", lambda: instantiate(cfg.method, _convert_="all"), problems)
+    if isinstance(cfg.get("dataset"), DictConfig) and _check_target(cfg.dataset, "dataset", problems, DATASET_KEYS):
+        built["dataset"] = _construct("dataset", lambda: make_task(cfg.dataset), problems)
+    # an nn.Module class by _target_ gets vocab_size and seq_len from the runner (models/base.py)
+    if isinstance(cfg.get("model"), DictConfig) and _check_target(cfg.model, "model", problems, MODEL_KEYS,
+                                                                  frozenset({"vocab_size", "seq_len"})):
+        built["model"] = _construct("model", lambda: architecture(cfg.model), problems)
     bad = {p.split(":")[0].split("=")[0] for p in problems}
-    problems += _semantic_checks(cfg, bad)
+    problems += _semantic_checks(cfg, bad, built)
     if problems:
         raise ConfigError(problems)
 
 
-def _semantic_checks(cfg: DictConfig, bad: set[str]) -> list[str]:
+# ----------------------------------------------------------------------------------------------
+# What fits what: method <-> task <-> model, by the capabilities each declares.
+def model_capabilities(arch: Any) -> frozenset[str]:
+    """The kind and the capabilities of an architecture (an Architecture, its class, or an nn.Module class,
+    whose kind defaults to causal-lm): models/base.py."""
+    return frozenset({getattr(arch, "kind", "causal-lm"), *getattr(arch, "provides", ())})
+
+
+def _repository():
+    """Hydra's config repository of the active search path; in a job with hydra.searchpath (which Hydra applies
+    per composition, not to the loader) those directories added, as group_options adds them."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    loader = GlobalHydra.instance().config_loader()
+    extra = list(HydraConfig.get().searchpath or []) if HydraConfig.initialized() else []
+    if not extra:
+        return loader.repository
+    from hydra._internal.config_repository import ConfigRepository
+
+    csp = copy.deepcopy(loader.get_search_path())
+    for entry in extra:
+        csp.append(provider="hydra.searchpath in command-line", path=str(entry))
+    return ConfigRepository(config_search_path=csp)
+
+
+def _option_node(group: str, option: str) -> DictConfig | None:
+    """The raw YAML of `<group>/<option>` from the active config search path (the repo's configs/ outside Hydra)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        try:
+            found = _repository().load_config(f"{group}/{option}")
+            if found is not None:
+                return found.config
+        except Exception:  # noqa: BLE001  (fall back to the repo's own directory)
+            pass
+    path = CONFIG_DIR / group / f"{option}.yaml"
+    return OmegaConf.load(path) if path.exists() else None
+
+
+def option_target(group: str, option: str, depth: int = 0) -> str | None:
+    """The `_target_` of a group option, following its defaults list within the group."""
+    node = _option_node(group, option)
+    if node is None or depth > 8:
+        return None
+    if isinstance(node.get("_target_"), str):
+        return node._target_
+    for entry in node.get("defaults") or []:
+        if isinstance(entry, str) and entry != "_self_":
+            found = option_target(group, entry, depth + 1)
+            if found:
+                return found
+    return None
+
+
+def fitting_options(group: str, fits) -> list[str]:
+    """The options of `group` whose `_target_` class `fits(cls)`."""
+    out = []
+    for option in group_options(group):
+        target = option_target(group, option)
+        try:
+            cls = import_target(target) if target else None
+        except (ImportError, AttributeError):
+            cls = None
+        if cls is not None:
+            try:
+                if fits(cls):
+                    out.append(option)
+            except Exception:  # noqa: BLE001  (a class that cannot answer does not fit)
+                pass
+    return out
+
+
+def _compatibility(cfg: DictConfig, built: dict[str, Any]) -> list[str]:
+    """Does the method fit the task and the model, and the task the model? One line per mismatch, naming both
+    sides and the options that fit."""
+    method, task, arch = built.get("method"), built.get("dataset"), built.get("model")
+    out = []
+    m_name, d_name, a_name = cfg.method.get("name"), cfg.dataset.get("name"), cfg.model.get("name")
+    if task is not None and arch is not None and arch.kind not in task.model_kinds:
+        models = fitting_options("model", lambda c: bool(set(task.model_kinds) & model_capabilities(c)))
+        datasets = fitting_options("dataset", lambda c: arch.kind in c.model_kinds)
+        out.append(f"model: model={a_name} is a {arch.kind} model, but dataset={d_name} ({type(task).__name__}) "
+                   f"trains {' or '.join(task.model_kinds)} models; choose one of: "
+                   + ", ".join(f"model={o}" for o in models)
+                   + (f"; or for model={a_name}: " + ", ".join(f"dataset={o}" for o in datasets) if datasets else ""))
+    if method is not None and task is not None and not method.needs_task <= task.provides:
+        need = sorted(method.needs_task - task.provides)
+        fits = fitting_options("dataset", lambda c: method.needs_task <= c.provides)
+        out.append(f"dataset: method={m_name} needs a task that provides {', '.join(need)}; dataset={d_name} "
+                   f"({type(task).__name__}) provides {', '.join(sorted(task.provides)) or 'nothing it asks'}; "
+                   "choose one of: " + ", ".join(f"dataset={o}" for o in fits))
+    if method is not None and arch is not None and not method.needs_model <= model_capabilities(arch):
+        need = sorted(method.needs_model - model_capabilities(arch))
+        fits = fitting_options("model", lambda c: method.needs_model <= model_capabilities(c))
+        out.append(f"model: method={m_name} needs a model with {', '.join(need)}; model={a_name} "
+                   f"({type(arch).__name__}) is {', '.join(sorted(model_capabilities(arch)))}; choose one of: "
+                   + ", ".join(f"model={o}" for o in fits))
+    return out
+
+
+def _semantic_checks(cfg: DictConfig, bad: set[str], built: dict[str, Any]) -> list[str]:
     """Checks across keys; each runs only where the keys it reads passed the checks above."""
     from kernels import known_backends, known_ops
 
@@ -400,63 +572,17 @@ def _semantic_checks(cfg: DictConfig, bad: set[str]) -> list[str]:
                 out.append(f"hardware.kernels.{op}: unknown op; {choices_hint(op, known_ops())}")
             elif backend not in known_backends(op):
                 out.append(f"hardware.kernels.{op}: unknown backend {backend!r}; {choices_hint(backend, known_backends(op))}")
-    m, d = cfg.get("model"), cfg.get("dataset")
-    if ok("model.hidden_size", "model.num_heads") and m.hidden_size % m.num_heads:
-        out.append(f"model.hidden_size ({m.hidden_size}) must be divisible by model.num_heads ({m.num_heads})")
-    if ok("model.num_kv_heads", "model.num_heads") and m.num_kv_heads is not None and m.num_heads % m.num_kv_heads:
-        out.append(f"model.num_kv_heads ({m.num_kv_heads}) must divide model.num_heads ({m.num_heads})")
-    if (ok("model.vocab_size", "dataset.tokenizer", "dataset.source") and m.vocab_size is None
-            and d.tokenizer.kind == "train" and d.tokenizer.vocab_size is None and d.source != "noisy-copy"):
-        out.append("model.vocab_size: null needs dataset.tokenizer.vocab_size to be set")
-    if ok("dataset.source", "dataset.generator") and d.source == "noisy-copy":
-        from methods.losses.noisy_copy import NoisyCopy
-
-        try:
-            NoisyCopy(**dict(d.get("generator") or {}))
-        except TypeError as e:
-            valid = [p for p in inspect.signature(NoisyCopy).parameters]
-            out.append(f"dataset.generator: {str(e).split('got ')[-1]}; choose keys from: {', '.join(valid)}")
-        except ValueError as e:
-            out.append(str(e))
+    m = cfg.get("model")
     if ok("model.init_from") and m.init_from and m.init_from != "base" and not str(m.init_from).startswith("hf://") \
             and not Path(m.init_from).expanduser().exists():
         out.append(f"model.init_from: no such file or directory: {m.init_from}")
-    if ok("dataset.source", "dataset.path"):
-        if d.source == "local" and d.path and not Path(d.path).expanduser().exists():
-            out.append(f"dataset.path: no such file or directory: {d.path}")
-        if d.source in ("local", "hub") and not d.path:
-            out.append(f"dataset.path: dataset.source={d.source} needs a path (a file/dir or a hub name)")
-    if ok("dataset.source", "dataset.domains") and d.source == "mixture":
-        from runner.mixture import check_domains
-
-        out += check_domains(OmegaConf.to_container(d.domains, resolve=True))
-    if ok("dataset.tokenizer") and d.tokenizer.kind == "hf" and not d.tokenizer.name:
-        out.append("dataset.tokenizer.name: tokenizer.kind=hf needs a hub name or a local directory")
-    if ok("dataset.val_fraction") and not 0.0 < d.val_fraction < 1.0:
-        out.append(f"dataset.val_fraction: must be in (0, 1), got {d.val_fraction}")
-    if ok("model.arch", "hardware.compile", "hardware.strategy") and m.arch == "t5":
-        unsupported = [k for k, on in (("dry_run=true", cfg.get("dry_run") is True),
-                                       ("hardware.compile=true", cfg.hardware.compile is True),
-                                       ("hardware.strategy=fsdp", cfg.hardware.strategy == "fsdp")) if on]
-        if unsupported:
-            out.append(f"model.arch: t5 (encoder-decoder) does not support {', '.join(unsupported)} yet; "
-                       "they assume a decoder-only model (model=llama-*)")
     if ok("base_steps") and cfg.base_steps <= 0:
         out.append(f"base_steps: must be positive, got {cfg.base_steps}")
-    if ok("method._target_", "hardware.strategy") and cfg.hardware.strategy == "fsdp":
-        cls = import_target(cfg.method._target_)
-        if not getattr(cls, "supports_fsdp", True):
-            out.append(f"hardware.strategy: method={cfg.method.get('name', cls.__name__)} does not run under fsdp "
-                       "(it needs whole parameter matrices; FSDP shards them flat); choose one of: auto, ddp")
-    if ok("method._target_", "dataset.source"):
-        cls = import_target(cfg.method._target_)
-        accepted = tuple(getattr(cls, "datasets", ()) or ())
-        if accepted and d.source not in accepted:
-            options = [o for o in group_options("dataset")
-                       if OmegaConf.load(CONFIG_DIR / "dataset" / f"{o}.yaml").get("source") in accepted]
-            out.append(f"dataset: method={cfg.method.get('name', cls.__name__)} runs on dataset.source "
-                       f"{' or '.join(accepted)}, not {d.source}; choose one of: "
-                       + ", ".join(f"dataset={o}" for o in options))
+    method = built.get("method")
+    if method is not None and ok("hardware.strategy") and cfg.hardware.strategy == "fsdp" and not method.supports_fsdp:
+        out.append(f"hardware.strategy: method={cfg.method.get('name', type(method).__name__)} does not run under fsdp "
+                   "(it needs whole parameter matrices; FSDP shards them flat); choose one of: auto, ddp")
+    out += _compatibility(cfg, built)
     r = cfg.get("resume")
     if ok("resume") and r not in (None, "auto") and not Path(str(r)).expanduser().is_dir():
         out.append(f"resume: no such run directory: {r} (give a run directory or resume=auto)")

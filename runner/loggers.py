@@ -54,7 +54,8 @@ def make_logger(lcfg, run_dir: Path, run_name: str, run_id: str, group: str | No
     return WandbLogger(experiment=run, save_dir=str(run_dir), log_model=False)
 
 
-def finish(logger, summary: dict) -> None:
+def finish(logger, summary: dict, failed: bool = False) -> None:
+    """Close the run's logger; a failed run is finished as failed (W&B exit code 1)."""
     if logger is False or logger is None:
         return
     from lightning.pytorch.loggers import WandbLogger
@@ -63,9 +64,9 @@ def finish(logger, summary: dict) -> None:
         run = logger.experiment
         for k, v in summary.items():
             run.summary[k] = v
-        run.finish()
+        run.finish(exit_code=1 if failed else 0)
     else:
-        logger.finalize("success")
+        logger.finalize("failed" if failed else "success")
 
 
 def read_offline_run(run_dir: str | os.PathLike) -> dict[str, Any]:

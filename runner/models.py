@@ -1,5 +1,6 @@
-"""Models: transformers architectures built from our config (random init), from a run's checkpoint, or
-from local HF weights. `device="meta"` builds the shapes without allocating (dry runs)."""
+"""Models: the architecture a model config names (`_target_`), built at random init or from `init_from` (a .ckpt
+of ours, a run directory, a local HF directory, hf://name, or a model.pt saved by a compress stage).
+`device="meta"` builds the shapes without allocating (dry runs)."""
 
 from __future__ import annotations
 
@@ -8,30 +9,12 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
+from torch import nn
 
-from runner.config import latest_checkpoint
+from runner.config import architecture, latest_checkpoint
 from runner.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-
-def hf_config(m: DictConfig, vocab_size: int):
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=m.hidden_size,
-        intermediate_size=m.intermediate_size,
-        num_hidden_layers=m.num_layers,
-        num_attention_heads=m.num_heads,
-        num_key_value_heads=m.num_kv_heads or m.num_heads,
-        max_position_embeddings=m.seq_len,
-        rope_parameters={"rope_type": "default", "rope_theta": float(m.rope_theta)},
-        tie_word_embeddings=m.tie_embeddings,
-        initializer_range=m.init_std,
-        use_cache=False,
-        attn_implementation="sdpa",
-    )
 
 
 def model_vocab_size(m: DictConfig, tokenizer_vocab: int | None) -> int:
@@ -45,42 +28,44 @@ def model_vocab_size(m: DictConfig, tokenizer_vocab: int | None) -> int:
     return int(m.vocab_size)
 
 
-def _state_dict_from_ckpt(path: Path) -> dict[str, torch.Tensor]:
+def state_dict_from_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """The model's weights in a Lightning checkpoint of ours (the module's `model.` prefix removed)."""
     ck = torch.load(path, map_location="cpu", weights_only=False)
     sd = ck.get("state_dict", ck)
     return {k.removeprefix("model."): v for k, v in sd.items() if k.startswith("model.")} or sd
 
 
-def build_model(m: DictConfig, vocab_size: int, device: str | torch.device | None = None):
-    """A causal LM per `m`. `m.init_from`: a .ckpt of ours, a run directory, a local HF directory, hf://name, or a
-    model.pt saved by a compress stage (`base` is resolved to a run directory by the runner first)."""
-    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+def is_hf_source(src) -> bool:
+    return bool(src) and (str(src).startswith("hf://") or (Path(str(src)).expanduser() / "config.json").exists())
 
-    if m.arch == "t5":  # encoder-decoder (runner/seq2seq.py)
-        from runner.seq2seq import build_t5
 
-        return build_t5(m, vocab_size, device)
+def build_model(m: DictConfig, vocab_size: int, device: str | torch.device | None = None) -> nn.Module:
+    """The model of `m`. `m.init_from` (`base` is resolved to a run directory by the runner first): weights from a
+    .ckpt of ours or a run directory (shapes from the config), an HF checkpoint, or a whole saved model.pt."""
+    arch = architecture(m)
     src = m.init_from
-    if src and (str(src).startswith("hf://") or (Path(src).expanduser() / "config.json").exists()):
+    meta = str(device) == "meta"
+    if is_hf_source(src):
         name = str(src).removeprefix("hf://")
+        name = name if str(src).startswith("hf://") else str(Path(name).expanduser())
         log.info("loading HF weights from %s", name)
-        model = AutoModelForCausalLM.from_pretrained(str(Path(name).expanduser()) if not str(src).startswith("hf://") else name)
-        return model.to(device) if device else model
-    if src and Path(src).suffix == ".pt":  # a whole saved module (compressed models change shapes)
+        model = arch.from_pretrained(name, meta=meta)
+        return model if meta or device is None else model.to(device)
+    if src and Path(str(src)).suffix == ".pt":  # a whole saved module (compressed models change shapes)
         log.info("loading the saved model %s", src)
-        model = torch.load(Path(src).expanduser(), map_location="cpu", weights_only=False)
-        return model.to(device) if device else model
+        model = torch.load(Path(str(src)).expanduser(), map_location="cpu", weights_only=False, mmap=meta)
+        return model if meta or device is None else model.to(device)
     with torch.device(device or "cpu"):
-        model = LlamaForCausalLM(hf_config(m, vocab_size))
-    if src:
-        path = Path(src).expanduser()
+        model = arch.build(vocab_size, int(m.seq_len))
+    if src and not meta:  # a meta model has the checkpoint's shapes already: they come from the same config
+        path = Path(str(src)).expanduser()
         if path.is_dir():
             found = latest_checkpoint(path)
             if found is None:
                 raise ConfigError(f"model.init_from: no checkpoint in {path}/checkpoints")
             path = found
         log.info("initialising from %s", path)
-        missing, unexpected = model.load_state_dict(_state_dict_from_ckpt(path), strict=False)
+        missing, unexpected = model.load_state_dict(state_dict_from_checkpoint(path), strict=False)
         if missing or unexpected:
             raise ConfigError(f"model.init_from: {path} does not fit model={m.name} "
                               f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")

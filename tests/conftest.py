@@ -39,12 +39,22 @@ def run_dirs(runs_dir: Path) -> list[Path]:
     return sorted((p.parent for p in Path(runs_dir).glob("*/*/meta.json")), key=lambda p: p.stat().st_mtime)
 
 
-# Methods that run on a dataset of their own (`Method.datasets`, a dataset.source) run on this test
-# config of it (tests/test_methods_e2e.py, tests/test_configs.py); add an entry with a new kind of dataset.
+# Methods that need a capability of the task the default corpus lacks (`Method.needs_task`) run on this test
+# config of a task that provides it (tests/test_methods_e2e.py, tests/test_configs.py); add an entry with a new one.
 DATASETS: dict[str, list[str]] = {
-    "mixture": ["dataset=mixture-tiny"],  # prose, code, a Markov chain and a sample: false target (runner/mixture.py)
-    "fictitious-authors": ["dataset=fictitious-authors", "dataset.generator.num_authors=30"],  # the models of tests/methods/test_unlearning_pipeline.py
+    "domains": ["dataset=mixture-tiny"],  # prose, code, a Markov chain and a sample: false target (tasks/mixture.py)
+    "forget-retain": ["dataset=fictitious-authors", "dataset.generator.num_authors=30"],  # the models of tests/methods/test_unlearning_pipeline.py
 }
+
+
+def dataset_for(needs: frozenset[str]) -> list[str]:
+    """The test dataset overrides for a method that needs `needs` of its task ([] for the default corpus)."""
+    missing = sorted(needs - {"tokens", "documents"})
+    if not missing:
+        return []
+    if missing[0] not in DATASETS:
+        raise AssertionError(f"no test dataset provides {missing[0]}: add one to tests/conftest.DATASETS")
+    return DATASETS[missing[0]]
 
 
 # The trained base model of the post-training methods (compression, inference, unlearning) in tests:
@@ -58,7 +68,7 @@ def base_lm():
     """(model, data): the TINY Llama (hidden 64, 2 layers, 2 heads, seq_len 64, vocab 1024) trained BASE_STEPS
     steps on the embedded corpus, in eval mode, and its TokenData. The same model `python -m runner
     <BASE overrides>` loads (`model.init_from=base`)."""
-    from runner.basemodel import load_base
+    from runner.api import load_base
 
     model, data, _ = load_base([*BASE, f"paths.runs_dir={REPO / '.cache' / 'runs'}"])
     return model, data

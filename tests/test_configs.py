@@ -8,9 +8,16 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from runner.config import CONFIG_DIR, group_options, import_target, validate
+from runner.config import (
+    CONFIG_DIR,
+    fitting_options,
+    group_options,
+    import_target,
+    model_capabilities,
+    validate,
+)
 from runner.errors import ConfigError
-from tests.conftest import DATASETS, REPO, compose_cfg
+from tests.conftest import REPO, compose_cfg, dataset_for
 
 GROUPS = ("model", "method", "dataset", "hardware", "trainer", "logger", "experiment")
 SWEEPS = sorted(p.stem for p in (REPO / "sweeps").glob("*.yaml"))
@@ -48,14 +55,26 @@ def test_sweep_group_is_the_sweeps_dir():
     assert group_options("sweep") == SWEEPS
 
 
+def _partner(cfg, group: str) -> list[str]:
+    """A model option whose kind the dataset trains (or a dataset for the model), found by what each declares:
+    an encoder, an encoder-decoder and their tasks do not run with the Llama/corpus defaults."""
+    kinds = import_target(cfg.dataset._target_).model_kinds
+    kind = model_capabilities(import_target(cfg.model._target_))
+    if kind & set(kinds):
+        return []
+    if group == "dataset":
+        return [f"model={fitting_options('model', lambda c: bool(model_capabilities(c) & set(kinds)))[0]}"]
+    return [f"dataset={fitting_options('dataset', lambda c: bool(kind & set(c.model_kinds)))[0]}"]
+
+
 @pytest.mark.parametrize("group,option", ALL_OPTIONS)
 def test_option_composes_and_validates(group, option, local_file):
     overrides = [f"{group}={option}"]
     if group == "dataset" and option == "local":
         overrides.append(f"dataset.path={local_file}")
-    accepted = getattr(import_target(compose_cfg(overrides).method._target_), "datasets", ()) if group == "method" else ()
-    if accepted:  # a method bound to dataset sources (Method.datasets) validates on its e2e test config
-        overrides += DATASETS[accepted[0]]
+    if group == "method":  # a method that needs more of its task than the default corpus has: its e2e test config
+        overrides += dataset_for(import_target(compose_cfg(overrides).method._target_).needs_task)
+    overrides += _partner(compose_cfg(overrides), group)
     cfg = compose_cfg(overrides)
     validate(cfg)  # raises ConfigError listing every problem
     # every interpolation resolves

@@ -14,19 +14,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from runner.data import (
+from runner.errors import ConfigError
+from tasks.common import (
     EOS,
     ResumableBatchSampler,
-    TokenData,
     load_documents,
     load_tokenizer,
-    make_loaders,
     split_documents,
     stdlib_documents,
     tokenize,
     train_tokenizer,
 )
-from runner.errors import ConfigError
+from tasks.lm_corpus import TokenData
 from tests.conftest import REPO
 
 PROSE = [
@@ -267,7 +266,7 @@ def test_sampler_too_few_blocks_is_a_config_error():
 def test_make_loaders_batches_and_resume():
     td = _td(np.arange(401) % 97, np.arange(161) % 97, vocab=97, seq_len=8)  # 50 train, 20 val blocks
     seen = {"k": 0}
-    train_dl, val_dl = make_loaders(td, batch_size=4, total_micro_batches=30, seed=1, start=lambda: seen["k"],
+    train_dl, val_dl = td.make_loaders(batch_size=4, total_micro_batches=30, seed=1, start=lambda: seen["k"],
                                     val_batches=3)
     full = [b.clone() for b in train_dl]
     assert len(full) == 30 and all(b.shape == (4, 9) and b.dtype == torch.int64 for b in full)
@@ -280,7 +279,7 @@ def test_make_loaders_batches_and_resume():
 
 def test_make_loaders_val_split_across_ranks():
     td = _td(np.arange(401) % 97, np.arange(161) % 97, vocab=97, seq_len=8)
-    vals = [torch.cat(list(make_loaders(td, 2, 4, 0, lambda: 0, rank=r, world=2, val_batches=2)[1])) for r in (0, 1)]
+    vals = [torch.cat(list(td.make_loaders(2, 4, 0, lambda: 0, rank=r, world=2, val_batches=2)[1])) for r in (0, 1)]
     assert vals[0].shape == vals[1].shape == (4, 9)
     both = torch.cat(vals)
     assert sorted(map(tuple, both.tolist())) == sorted(map(tuple, td.blocks("val")[:8].tolist()))

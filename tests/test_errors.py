@@ -34,7 +34,17 @@ CASES = {
     "bad-base-steps": (["base_steps=0"], ["base_steps", "positive"]),
     # a method bound to its own kind of data names the dataset options that have it
     "method-needs-its-dataset": (["method=npo"], ["dataset", "npo", "stdlib-docs", "dataset=fictitious-authors", "dataset=tofu"]),
-    "t5-dry-run": (["model=t5-tiny", "dataset=noisy-copy", "dry_run=true"], ["model.arch", "t5", "dry_run=true"]),
+    # what fits what (method <-> task <-> model), from what each declares: both sides and the options that fit
+    "encoder-on-a-causal-lm-task": (["model=bert-tiny"], ["model", "bert-tiny", "masked-lm", "dataset=stdlib-docs",
+                                                          "causal-lm", "model=llama-tiny", "dataset=stdlib-docs-mlm"]),
+    "decoder-on-a-pairs-task": (["dataset=noisy-copy"], ["model", "llama-tiny", "dataset=noisy-copy", "seq2seq-lm",
+                                                         "model=t5-tiny"]),
+    "decoder-method-on-an-encoder": (["method=z_loss", "model=bert-tiny", "dataset=stdlib-docs-mlm"],
+                                     ["model", "method=z_loss", "causal-lm", "model=bert-tiny", "model=llama-tiny"]),
+    # a task's and an architecture's own arguments are checked against their signatures, like a method's
+    "task-argument-typo": (["+dataset.val_fractoin=0.1"], ["dataset.val_fractoin", "LMCorpus", "val_fraction"]),
+    "task-argument-value": (["dataset.tokenizer.kind=bpe"], ["dataset.tokenizer.kind", "bpe", "train, hf"]),
+    "architecture-argument-typo": (["+model.hidden=3"], ["model.hidden", "Llama", "hidden_size"]),
     # a method's own checks (its __init__) run in preflight too, one line per problem
     "method-value": (["method=gear", "method.bits=3", "method.group_size=0"], ["method.bits", "1, 2, 4, 8", "method.group_size"]),
 }
@@ -189,3 +199,22 @@ def test_validate_reports_schema_and_semantic_problems_together(base_cfg):
     assert _has(p, "trainer.max_steps")
     assert _has(p, "hardware.strategy")
     assert _has(p, "model.hidden_size", "model.num_heads")
+
+
+class EncoderOnlyMethod:
+    """A method that needs an encoder (a test double: validate() imports `_target_` by its dotted path)."""
+
+    needs_task = frozenset()
+    needs_model = frozenset({"masked-lm"})
+    supports_fsdp = True
+
+    def __init__(self, name: str = "encoder_only"):
+        self.name = name
+
+
+def test_an_encoder_method_on_a_decoder_only_model(base_cfg):
+    cfg = copy.deepcopy(base_cfg)
+    cfg.method = {"_target_": f"{__name__}.EncoderOnlyMethod", "name": "encoder_only"}
+    (line,) = [p for p in _problems(cfg) if p.startswith("model:")]
+    for needle in ("method=encoder_only", "masked-lm", "model=llama-tiny", "causal-lm", "model=bert-tiny"):
+        assert needle in line, line

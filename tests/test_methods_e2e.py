@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from runner.config import group_options
-from tests.conftest import BASE, DATASETS, TINY, compose_cfg, run_cli
+from tests.conftest import BASE, TINY, compose_cfg, dataset_for, run_cli
 
 pytestmark = pytest.mark.slow
 METHODS = group_options("method")
@@ -35,13 +35,11 @@ def _trains(method: str) -> bool:
     return _method(method).trains
 
 
-def _group(method: str) -> tuple[str, bool]:
-    """(the dataset.source it runs on, or "" for the default corpus; whether it starts from a trained model)."""
+def _group(method: str) -> tuple[tuple[str, ...], bool]:
+    """(the test dataset overrides for what it needs of the task, () for the default corpus; whether it starts
+    from a trained model)."""
     m = _method(method)
-    source = m.datasets[0] if m.datasets else ""
-    if source and source not in DATASETS:
-        raise AssertionError(f"method={method} runs on dataset.source={source}: add a test config to DATASETS")
-    return source, m.needs_trained_model
+    return tuple(dataset_for(m.needs_task)), m.needs_trained_model
 
 
 def _summaries(runs: Path) -> dict[str, dict]:
@@ -55,14 +53,14 @@ def _summaries(runs: Path) -> dict[str, dict]:
 
 @pytest.fixture(scope="session")
 def method_runs(tmp_path_factory, base_lm):
-    groups: dict[tuple[str, bool], list[str]] = {}
+    groups: dict[tuple[tuple[str, ...], bool], list[str]] = {}
     for m in METHODS:
         groups.setdefault(_group(m), []).append(m)
     runs = tmp_path_factory.mktemp("methods")
     jobs = {}
-    for (source, needs_model), methods in sorted(groups.items()):
-        label = f"{source or 'default'}-{'post' if needs_model else 'train'}"
-        common = [*(BASE if needs_model else TINY), *DATASETS.get(source, [])]
+    for (dataset, needs_model), methods in sorted(groups.items()):
+        label = f"{dataset[0].split('=')[-1] if dataset else 'default'}-{'post' if needs_model else 'train'}"
+        common = [*(BASE if needs_model else TINY), *dataset]
         steps = [f"trainer.max_steps={STEPS}", f"trainer.val_every_n_steps={STEPS}"]
         if needs_model and not any(_trains(m) for m in methods):
             steps = ["trainer.max_steps=0"]
@@ -93,7 +91,7 @@ def test_method_runs_end_to_end(method, method_runs):
         pytest.fail(f"method={method} wrote no summary.json\n{tails}")
     s = summaries[name]
     assert math.isfinite(s["val/loss"]), s
-    trains = _trains(method)
+    trains = "train" in s["stages"]
     assert s["steps"] == (STEPS if trains else 0)
     if "compress" in s["stages"]:
         for key in ("compress/val_loss_before", "compress/val_loss_after", "compress/kl_to_dense",

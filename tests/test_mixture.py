@@ -1,4 +1,4 @@
-"""The multi-domain data path (runner/mixture.py, dataset.source=mixture) and per-domain validation
+"""The multi-domain data path (tasks/mixture.py, MixtureTask) and per-domain validation
 (methods/module.py): domains are disjoint and cached, blocks and batches carry the right domain, the sampler
 draws by the configured probabilities (never a sample: false domain), resumes exactly, and the per-domain
 validation losses are the model's losses on each domain and average (token-weighted) to val/loss."""
@@ -13,9 +13,10 @@ import torch
 from omegaconf import OmegaConf
 
 from runner.config import validate
-from runner.data import build_data, tokenize
+from runner.data import build_data
 from runner.errors import ConfigError
-from runner.mixture import MixtureData, MixtureSampler, check_domains, markov_documents
+from tasks.common import tokenize
+from tasks.mixture import MixtureData, MixtureSampler, check_domains, markov_documents
 from tests.conftest import compose_cfg
 
 SEQ = 64
@@ -54,7 +55,7 @@ def test_build_is_deterministic_and_cached(cfg, mix, tmp_path, monkeypatch):
         raise AssertionError("rebuilt instead of read from the cache")
 
     for name in ("markov_documents", "tokenize", "train_tokenizer"):
-        monkeypatch.setattr(f"runner.{'data' if name == 'train_tokenizer' else 'mixture'}.{name}", rebuilt)
+        monkeypatch.setattr(f"tasks.{'common' if name == 'train_tokenizer' else 'mixture'}.{name}", rebuilt)
     second = build_data(small, SEQ, str(tmp_path))
     assert second.cache_key == first.cache_key and np.array_equal(second.train, first.train)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels.cross_entropy import backend_function
+from kernels.cross_entropy.common import check_arguments
 
 
 def naive_cross_entropy(e: torch.Tensor, c: torch.Tensor, targets: torch.Tensor, *, bias: torch.Tensor | None,
@@ -32,4 +32,14 @@ def naive_cross_entropy(e: torch.Tensor, c: torch.Tensor, targets: torch.Tensor,
     return loss, lse.reshape(targets.shape)
 
 
-linear_cross_entropy = backend_function("naive")
+def linear_cross_entropy(e: torch.Tensor, c: torch.Tensor, targets: torch.Tensor, *,
+                         bias: torch.Tensor | None = None, ignore_index: int = -100,
+                         softcap: float | None = None, reduction: str = "mean", shift: bool | int = 0,
+                         return_lse: bool = False, filter_eps: float | str | None = "auto"):
+    """`kernels.cross_entropy.linear_cross_entropy` the naive way (exact: filter_eps is unused)."""
+    shift = check_arguments(e, c, targets, bias, softcap, reduction, shift)
+    return naive_cross_entropy(e, c, targets, bias=bias, ignore_index=ignore_index, softcap=softcap,
+                               reduction=reduction, shift=shift, return_lse=return_lse)
+
+
+linear_cross_entropy.__name__ = linear_cross_entropy.__qualname__ = "linear_cross_entropy[naive]"

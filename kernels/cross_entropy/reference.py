@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.cross_entropy import backend_function
+from kernels.cross_entropy.common import backend_function
 
 CHUNK_ELEMENTS = 1 << 24  # at most N x chunk
 VOCAB_FRACTION = 16  # chunk <= V / 16
@@ -123,4 +123,9 @@ def chunked_nll_and_lse(x, c, bias, tgt, softcap):
     return ChunkedLinearCrossEntropy.apply(x, c, bias, tgt, softcap)
 
 
-linear_cross_entropy = backend_function("reference")
+def _rows_nll_and_lse(e2d, rows, c, bias, tgt, softcap, filter_eps):
+    """The core `backend_function` calls: the rows that count, chunked (exact: filter_eps is unused)."""
+    return chunked_nll_and_lse(e2d if rows is None else e2d[rows], c, bias, tgt, softcap)
+
+
+linear_cross_entropy = backend_function("reference", _rows_nll_and_lse)

@@ -38,7 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.cross_entropy import backend_function
+from kernels.cross_entropy.common import backend_function
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # read once: @triton.jit decides at import
 
@@ -321,4 +321,4 @@ def cce_nll_and_lse(e2d, rows, c, bias, tgt, softcap, filter_eps, sort_vocab: bo
     return CutCrossEntropy.apply(e2d, c, bias, rows, tgt.contiguous(), softcap, filter_eps, sort_vocab)
 
 
-linear_cross_entropy = backend_function("triton")
+linear_cross_entropy = backend_function("triton", cce_nll_and_lse)

@@ -420,6 +420,9 @@ class EvoPress(Method):
     """EvoPress as a post-training method: `compress` searches the levels and returns the model with its
     weights at those levels (a plain transformers model); `evaluate` reports the search's final numbers."""
 
+    needs_task = frozenset({"tokens"})
+    needs_model = frozenset({"decoder-layers"})
+
     def __init__(self, name: str = "evopress", lr: float = 3e-3, betas: tuple[float, float] = (0.9, 0.95),
                  eps: float = 1e-8, weight_decay: float = 0.1, warmup_steps: int = 20, min_lr_ratio: float = 0.1,
                  search: str = "evo", database: str = "quant", bits: Sequence[int] = (2, 3, 4, 8),
@@ -540,6 +543,10 @@ class EvoPress(Method):
         else:
             self.result["blocks_dropped"] = float((values == 0).sum())
         return model
+
+    def stage_log(self, stage: str) -> list[dict[str, float]]:
+        """The search's curve: fitness per generation, one logged row each (compress/fitness, ...)."""
+        return list(self.history) if stage == "compress" else []
 
     def evaluate(self, model: nn.Module, data) -> dict[str, float]:
         """The search's final numbers and each unit's level (`level/<unit>`); the runner adds perplexity and

@@ -316,6 +316,9 @@ def apply_plan(model: nn.Module, plan: PruningPlan) -> nn.Module:
 class Flap(Method):
     """FLAP: fluctuation scores on calibration data, adaptive structure, bias compensation, physical removal."""
 
+    needs_task = frozenset({"tokens"})
+    needs_model = frozenset({"decoder-layers"})
+
     def __init__(self, name: str = "flap", lr: float = 3e-3, betas: tuple[float, float] = (0.9, 0.95),
                  eps: float = 1e-8, weight_decay: float = 0.1, warmup_steps: int = 20, min_lr_ratio: float = 0.1,
                  pruning_ratio: float = 0.2, metric: str = "WIFV", structure: str = "AL-AM",

@@ -48,7 +48,8 @@ def mixture_probs(sizes: Sequence[float], sampled: Sequence[bool], tau: float) -
 class TemperatureSampling(Method):
     """Upsampling: domains drawn from p(τ) (a constant τ)."""
 
-    datasets = ("mixture",)
+    needs_task = frozenset({"domains"})  # domain-labelled batches (tasks/mixture.py)
+    needs_model = frozenset({"causal-lm"})
 
     def __init__(self, name: str = "temperature_sampling", lr: float = 3e-3, betas: tuple[float, float] = (0.9, 0.95),
                  eps: float = 1e-8, weight_decay: float = 0.1, warmup_steps: int = 20, min_lr_ratio: float = 0.1,
@@ -112,7 +113,7 @@ class Scalarization(TemperatureSampling):
     def example_weights(self, module, like: torch.Tensor) -> torch.Tensor:
         """w_{k(b)} for every example b of the batch (module.batch_domains), as `like`'s dtype and device."""
         if module.batch_domains is None:
-            raise ValueError("method.name: scalarization needs domain-labelled batches (dataset.source=mixture)")
+            raise ValueError("method.name: scalarization needs domain-labelled batches (a task that provides domains: dataset=mixture-*)")
         w = torch.as_tensor(self.weights(int(module.global_step)), dtype=like.dtype, device=like.device)
         return w[module.batch_domains.to(like.device)]
 

@@ -1,6 +1,6 @@
 """Dynamic Gradient Alignment for Online Data Mixing (Fan, Grangier, Ablin, arXiv:2410.02498).
 
-Generic domains D_1..D_k (the sampled domains of a `dataset.source: mixture` config), a small specific set
+Generic domains D_1..D_k (the sampled domains of a multi-domain task: tasks/mixture.py), a small specific set
 D_spe (`specific_domain`, a `sample: false` domain: never drawn for training, its val split gives the
 specific-set loss val/loss/<specific>). Training draws each example's domain from the mixture α ∈ Δ_k.
 Every T_r = `update_every` optimizer steps (at steps 0, T_r, 2T_r, ..., before that step's update, on the
@@ -128,7 +128,8 @@ class DGAModule(MethodModule):
 class DGA(Method):
     """DGA: the domain mixture follows the alignment of per-domain gradients with the specific-set gradient."""
 
-    datasets = ("mixture",)
+    needs_task = frozenset({"domains"})
+    needs_model = frozenset({"causal-lm"})
     module_class = DGAModule
     # the alignments need whole gradients: FSDP's flat shards would give each rank a partial dot product
     supports_fsdp = False

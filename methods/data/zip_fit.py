@@ -25,7 +25,7 @@ set) and p_raw (from the source) with add-one smoothing; the log importance weig
 Σ_f count_f(x)·(log p_target(f) − log p_raw(f)); k examples are resampled without replacement by the Gumbel
 top-k trick (top-k of log w + Gumbel noise), seeded.
 
-The method (`method=zip_fit`, dataset.source=mixture): the source pool is every train document of the sampled
+The method (`method=zip_fit`, on a multi-domain task: tasks/mixture.py): the source pool is every train document of the sampled
 domains; the target set Y is the first `target_size` train documents of `target_domain` (a `sample: false`
 domain: never trained on, its val split gives the target-set loss val/loss/<target>). The selector
 (`zip_fit` | `random` | `dsir`, the same k) keeps k documents, the selection is saved as a `datasets` Dataset
@@ -243,7 +243,8 @@ def cache_root(data) -> Path:
 class ZipFit(Method):
     """ZIP-FIT data selection (or the random / DSIR-style baseline at the same k) before training."""
 
-    datasets = ("mixture",)
+    needs_task = frozenset({"domains"})
+    needs_model = frozenset({"causal-lm"})
 
     def __init__(self, name: str = "zip_fit", lr: float = 3e-3, betas: tuple[float, float] = (0.9, 0.95),
                  eps: float = 1e-8, weight_decay: float = 0.1, warmup_steps: int = 20, min_lr_ratio: float = 0.1,

@@ -374,6 +374,9 @@ class KVCacheMethod(Method):
     full-precision one on `n_prompts` seeded validation windows of `prompt_len` tokens (null: the model's
     context minus `new_tokens`), `new_tokens` greedy steps each."""
 
+    needs_task = frozenset({"tokens"})
+    needs_model = frozenset({"causal-lm"})
+
     def __init__(self, spec: KVCompression, name: str, lr: float, betas, eps: float, weight_decay: float,
                  warmup_steps: int, min_lr_ratio: float, backend: str | None, n_prompts: int, prompt_len: int | None,
                  new_tokens: int, seed: int):

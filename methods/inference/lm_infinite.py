@@ -219,6 +219,9 @@ class LongContext(Method):
     """Long-context evaluation of the unchanged model (the baseline LM-Infinite is compared with): perplexity
     on windows of the validation tokens at multiples of the training length, and passkey accuracy by length."""
 
+    needs_task = frozenset({"tokens"})
+    needs_model = frozenset({"causal-lm"})
+
     def __init__(self, name: str = "long_context", lr: float = 3e-3, betas: tuple[float, float] = (0.9, 0.95),
                  eps: float = 1e-8, weight_decay: float = 0.1, warmup_steps: int = 20, min_lr_ratio: float = 0.1,
                  ppl_multiples: list[int] = (1, 4, 8, 16), ppl_sequences: int = 4, chunk_size: int | None = None,

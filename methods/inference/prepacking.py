@@ -267,6 +267,9 @@ def median_times(sides: dict[str, Callable[[], object]], repeats: int, sync: boo
 class Prepacking(Method):
     """Post-training: prefill a batch of skewed-length validation prompts both ways and compare."""
 
+    needs_task = frozenset({"tokens"})
+    needs_model = frozenset({"causal-lm"})
+
     def __init__(self, name: str = "prepacking", lr: float = 3e-3, betas: tuple[float, float] = (0.9, 0.95),
                  eps: float = 1e-8, weight_decay: float = 0.1, warmup_steps: int = 20, min_lr_ratio: float = 0.1,
                  num_prompts: int = 32, min_len: int = 4, max_len: int | None = None, skew: float = 3.0,

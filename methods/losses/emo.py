@@ -168,6 +168,9 @@ def continue_prompts(model: nn.Module, prompts: torch.Tensor, new_tokens: int, g
 class EMO(Method):
     """Train with ½ (CE + sg[CE/DEMD]·DEMD) against a frozen cost embedding; evaluate sample diversity."""
 
+    needs_task = frozenset()
+    needs_model = frozenset({"causal-lm"})
+
     def __init__(self, name: str = "emo", lr: float = 3e-3, betas: tuple[float, float] = (0.9, 0.95),
                  eps: float = 1e-8, weight_decay: float = 0.1, warmup_steps: int = 20, min_lr_ratio: float = 0.1,
                  objective: str = "emo", chunk_size: int | None = None, eval_tokens: int = 8192,

@@ -112,6 +112,9 @@ def next_token_topk(model: nn.Module, blocks: torch.Tensor, ks: tuple[int, ...],
 class ZLoss(Method):
     """Train the LM with the spherical Z-loss on the output scores; evaluate top-k next-token accuracy."""
 
+    needs_task = frozenset()
+    needs_model = frozenset({"causal-lm"})
+
     def __init__(self, name: str = "z_loss", lr: float = 3e-3, betas: tuple[float, float] = (0.9, 0.95),
                  eps: float = 1e-8, weight_decay: float = 0.1, warmup_steps: int = 20, min_lr_ratio: float = 0.1,
                  a: float = 0.1, b: float = 10.0, objective: str = "z_loss", eval_tokens: int = 8192,

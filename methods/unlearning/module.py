@@ -44,8 +44,8 @@ class UnlearningModule(MethodModule):
     `reference_logits`, `answer_nll`, `split_pair_batch`."""
 
     def __init__(self, model: nn.Module, method, kernels_map: dict[str, str] | None = None,
-                 kernel_fallback: bool = True):
-        super().__init__(model, method, kernels_map, kernel_fallback)
+                 kernel_fallback: bool = True, **kwargs):
+        super().__init__(model, method, kernels_map, kernel_fallback, **kwargs)
         self.reference: nn.Module | None = None
         self._forget_sum = torch.zeros((), dtype=torch.float64)
         self._forget_count = torch.zeros((), dtype=torch.float64)

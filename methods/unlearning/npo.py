@@ -38,7 +38,8 @@ class Unlearning(Method):
     """GA, gradient difference and the NPO family on forget/retain pair batches (runner/qa.py)."""
 
     module_class = UnlearningModule
-    datasets = ("fictitious-authors", "tofu")
+    needs_task = frozenset({"forget-retain"})  # forget/retain pair batches (tasks/qa.py)
+    needs_model = frozenset({"causal-lm"})
     supports_fsdp = False  # the frozen reference is a second whole copy of the model
 
     def __init__(self, name: str = "npo", objective: str = "npo", beta: float = losses.NPO_BETA,

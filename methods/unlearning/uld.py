@@ -162,7 +162,8 @@ class ULD(Method):
     """ULD: train an assistant on the reversed objectives; the model is the target minus the assistant."""
 
     module_class = UnlearningModule  # pair batches (forget ids, mask, retain ids, mask); val/forget_loss
-    datasets = ("fictitious-authors", "tofu")
+    needs_task = frozenset({"forget-retain"})
+    needs_model = frozenset({"causal-lm"})
     supports_fsdp = False  # a frozen target and LoRA adapters in one module; single-device or DDP
 
     def __init__(self, name: str = "uld", lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),

@@ -15,7 +15,7 @@ import torch
 from methods.data.balanced import Cooldown, Scalarization, TemperatureSampling, mixture_probs
 from methods.data.mixing import natural_probs, scalarization_weights, temperature_probs
 from runner.data import build_data
-from runner.mixture import MixtureSampler
+from tasks.mixture import MixtureSampler
 from tests.conftest import compose_cfg
 
 SEQ = 64
@@ -26,7 +26,7 @@ def mix():
     cfg = compose_cfg(["dataset=mixture-tiny", f"model.seq_len={SEQ}", "trainer.max_steps=40",
                        "trainer.accumulate_grad_batches=2"])
     data = build_data(cfg.dataset, SEQ, os.environ["METHODBENCH_CACHE"])
-    data.bind_run(cfg)
+    data.accumulate, data.max_steps = 2, 40  # as MixtureTask.build sets them from the trainer config
     yield data
     data.set_sampling(None)
 

@@ -164,7 +164,7 @@ def test_importance_baseline_weights_the_specific_sets_chain():
     """init=importance (the static baseline with alpha_lr=0): specific documents of chain 1 are assigned to
     the generic domain of chain 1, so nearly all its mass is there (Laplace-smoothed: never exactly 0)."""
     from methods.data.dga import importance_weights
-    from runner.mixture import markov_documents
+    from tasks.mixture import markov_documents
 
     domains = [markov_documents(name, 30, seed=seed, length=60) for name, seed in (("a", 1), ("b", 2), ("c", 3))]
     alpha = importance_weights(domains, markov_documents("specific", 20, seed=1, length=60))

@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 
 from methods.losses.eisl import EISL, eisl_loss, match_costs, ngram_costs, resolve_ngrams
 from methods.losses.noisy_copy import BLANK, NoisyCopy
@@ -44,12 +44,11 @@ def test_whole_sequence_ngram_is_token_averaged_cross_entropy_with_floor(ngram):
 def test_whole_sequence_ngram_equals_the_runner_cross_entropy_on_a_t5_batch():
     """Through the method's own path: the decoder teacher-forced on an equal-length batch, EISL with n = T
     equals the seq2seq module's cross-entropy (kernel registry); the floor is inactive at random init."""
-    from runner.seq2seq import Seq2SeqModule, build_t5
+    from models.t5 import T5
+    from tasks.seq2seq import Seq2SeqModule
 
-    m = OmegaConf.create(dict(name="t5", hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
-                              tie_embeddings=True, init_std=1.0, dropout=0.0, init_from=None))
     torch.manual_seed(0)
-    model = build_t5(m, vocab_size=40)
+    model = T5(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2).build(vocab_size=40, seq_len=16)
     module = Seq2SeqModule(model, EISL())
     sources, targets = torch.randint(2, 40, (4, 6)), torch.randint(2, 40, (4, 6))
     targets[:, -1] = 1  # EOS; no padding: every target has the full length
@@ -201,10 +200,12 @@ def test_each_noise_does_what_it_says():
 
 
 def test_runner_data_keeps_references_clean_and_batches_resume():
-    from runner.seq2seq import build_seq2seq_data, collate, make_loaders
+    from tasks.base import BuildContext
+    from tasks.seq2seq import NoisyCopyTask, collate
 
-    d = OmegaConf.create({"generator": {"words": 30, "train_size": 200, "val_size": 20, "shuffle": -1, "seed": 5}})
-    data = build_seq2seq_data(d, seq_len=16)
+    task = NoisyCopyTask(generator={"words": 30, "train_size": 200, "val_size": 20, "shuffle": -1, "seed": 5})
+    data = task.build(BuildContext(seq_len=16, cache_dir=Path("."), seed=0, batch_size=8, max_steps=0,
+                                   accumulate_grad_batches=1))
     corpus = NoisyCopy(words=30, train_size=200, val_size=20, shuffle=-1, seed=5).generate()
     assert data.references == [" ".join(t) for t in corpus.val_target]
     assert [data.decode(t) for _, t in data.val] == data.references
@@ -213,8 +214,8 @@ def test_runner_data_keeps_references_clean_and_batches_resume():
     assert all(s[-1] == eos and t[-1] == eos for s, t in data.train + data.val)
     batch = collate(data.train[:4])
     assert batch.shape[:2] == (4, 2) and int(batch[0, 1, len(data.train[0][1]) - 1]) == eos
-    whole, _ = make_loaders(data, 8, 6, seed=0, start=lambda: 0)
-    resumed, _ = make_loaders(data, 8, 6, seed=0, start=lambda: 4)
+    whole, _ = data.make_loaders(8, 6, seed=0, start=lambda: 0)
+    resumed, _ = data.make_loaders(8, 6, seed=0, start=lambda: 4)
     assert all(torch.equal(a, b) for a, b in zip(list(whole)[4:], list(resumed)))
 
 
@@ -229,13 +230,12 @@ def test_bad_generator_keys_are_one_line_config_errors():
         validate(cfg)
     text = "\n".join(e.value.problems)
     assert "noise" in text and "choose keys from" in text
-    from runner.seq2seq import check_pairing
-
-    with pytest.raises(ConfigError, match="go together"):
-        check_pairing(compose_cfg(["model=t5-tiny"]))
-    with pytest.raises(ConfigError, match="go together"):
-        check_pairing(compose_cfg(["dataset=noisy-copy"]))
-    check_pairing(compose_cfg(["model=t5-tiny", "dataset=noisy-copy"]))
+    # the encoder-decoder and the seq2seq task go together: each declares what it is (model kind / model_kinds)
+    with pytest.raises(ConfigError, match="seq2seq-lm model.*or for model=t5-tiny: dataset=noisy-copy"):
+        validate(compose_cfg(["model=t5-tiny"]))
+    with pytest.raises(ConfigError, match="trains seq2seq-lm models; choose one of: model=t5-tiny"):
+        validate(compose_cfg(["dataset=noisy-copy"]))
+    validate(compose_cfg(["model=t5-tiny", "dataset=noisy-copy"]))
 
 
 # -- end to end ------------------------------------------------------------------------------------

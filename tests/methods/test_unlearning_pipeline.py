@@ -15,7 +15,7 @@ import torch
 from omegaconf import OmegaConf
 
 from methods.unlearning.fictitious_authors import FictitiousAuthors
-from runner import qa
+from tasks import qa
 from tests.conftest import BASE, REPO, compose_cfg, run_cli
 
 AUTHORS = 30
@@ -120,7 +120,7 @@ LRS = {"slow": 1e-4, "fast": 1e-3}
 def unlearned(tmp_path_factory):
     """{(method, lr): summary} of GA and NPO runs (40 steps, validation every 5) from the cached fact model,
     and the summaries of the fact model and the retain-only model."""
-    from runner.basemodel import base_dir
+    from runner.trained import model_dir
 
     runs = tmp_path_factory.mktemp("unlearning")
     steps = [f"trainer.max_steps={UNLEARN_STEPS}", "trainer.val_every_n_steps=5", "trainer.grad_clip=null"]
@@ -133,8 +133,8 @@ def unlearned(tmp_path_factory):
                  if r.get("val/forget_loss")]
         out[(s["config"]["method"]["name"], s["config"]["method"]["lr"])] = {**s, "curve": curve}
     cfg = compose_cfg([*BASE, *BENCH])
-    fact = json.loads((base_dir(cfg) / "summary.json").read_text())
-    retain_only = json.loads((base_dir(qa.retain_config(cfg)) / "summary.json").read_text())
+    fact = json.loads((model_dir(cfg) / "summary.json").read_text())
+    retain_only = json.loads((model_dir(cfg, *qa.RETAIN_ONLY) / "summary.json").read_text())
     return out, fact, retain_only
 
 
@@ -176,13 +176,10 @@ def test_objectives_through_the_module_start_at_the_reference(data):
 
     from methods.unlearning.module import UnlearningModule, split_pair_batch
     from methods.unlearning.npo import Unlearning
-    from runner.models import build_model
+    from models.llama import Llama
 
     torch.manual_seed(0)
-    m = OmegaConf.create({"name": "t", "arch": "llama", "hidden_size": 32, "intermediate_size": 64, "num_layers": 1,
-                          "num_heads": 2, "num_kv_heads": None, "vocab_size": None, "seq_len": 64,
-                          "tie_embeddings": False, "rope_theta": 10000.0, "init_std": 0.02, "init_from": None})
-    model = build_model(m, data.vocab_size)
+    model = Llama(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2).build(data.vocab_size, 64)
     batch = next(iter(dataclasses.replace(data, pairs=True).make_loaders(4, 1, seed=0, start=lambda: 0)[0]))
     f_ids, f_mask, r_ids, r_mask = split_pair_batch(batch)
 
@@ -212,16 +209,21 @@ def test_a_fact_model_trained_too_briefly_is_flagged(caplog):
     """The runner's own fact model: a warning when it sees the facts too few times to learn them, none at the
     scale that does (experiment=unlearn), none for a model the user gives."""
     import logging
+    from pathlib import Path
 
-    from runner.basemodel import base_dir
+    from runner.config import make_task
+    from tasks.base import BuildContext
 
     def warned(overrides: list[str], own_model: bool = True) -> bool:
         cfg = compose_cfg(["method=npo", *overrides])
-        cfg.model.init_from = str(base_dir(cfg)) if own_model else str(REPO)
-        data = qa.build_qa_data(cfg.dataset, cfg.model.seq_len, os.environ["METHODBENCH_CACHE"])
+        # as the runner builds the task: base_steps is set when the run starts from the runner's own base model
+        ctx = BuildContext(seq_len=cfg.model.seq_len, cache_dir=Path(os.environ["METHODBENCH_CACHE"]), seed=0,
+                           batch_size=cfg.dataset.batch_size, max_steps=0, accumulate_grad_batches=1,
+                           needs=frozenset({"forget-retain"}), base_steps=cfg.base_steps if own_model else None,
+                           trained_model=lambda *args: None)  # no retain-only model needed here
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="methodbench"):
-            data._warn_if_facts_unlearned(cfg)
+            make_task(cfg.dataset).build(ctx)
         return any("too few to learn them" in r.message for r in caplog.records)
 
     assert warned(["dataset=fictitious-authors", "base_steps=100"])

@@ -1,6 +1,6 @@
-"""Encoder-decoder runs (model.arch=t5): the T5 model built from our config, the generated seq2seq task
-(dataset.source=noisy-copy), (B, 2, L) batches that resume exactly, the LightningModule, and BLEU against the
-clean references (sacrebleu).
+"""Sequence-to-sequence tasks for encoder-decoders (models/t5.py): the generated noisy-copy task
+(dataset=noisy-copy), (B, 2, L) batches that resume exactly, the LightningModule, and BLEU against the clean
+references (sacrebleu).
 
 A batch is one tensor: batch[:, 0] sources, batch[:, 1] targets ending in EOS, right-padded with pad (id 0)
 to the longest of either in the batch (methods/seq2seq.py). Training targets are the task's noisy ones;
@@ -13,63 +13,19 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 
 from methods.losses.noisy_copy import EOS, PAD, UNK, NoisyCopy
 from methods.module import MethodModule
 from methods.seq2seq import greedy_decode, split_batch
-from runner.errors import ConfigError
+from tasks.base import BuildContext, Task, TaskData
+from tasks.common import ResumableBatchSampler
+from tasks.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-
-def check_pairing(cfg: DictConfig) -> None:
-    """The encoder-decoder and the seq2seq task go together (checked at the start of a run: the config
-    groups are validated one by one, and each option alone composes with the defaults)."""
-    arch, source = cfg.model.arch, cfg.dataset.source
-    if (arch == "t5") != (source == "noisy-copy"):
-        raise ConfigError(f"model.arch: {arch} cannot train on dataset.source={source}; the seq2seq task "
-                          "(dataset=noisy-copy) and the encoder-decoder (model=t5-tiny) go together")
-
-
-# ---------------------------------------------------------------------------------------------- model
-def t5_config(m: DictConfig, vocab_size: int):
-    from transformers import T5Config
-
-    return T5Config(
-        vocab_size=vocab_size, d_model=m.hidden_size, d_ff=m.intermediate_size, d_kv=m.hidden_size // m.num_heads,
-        num_layers=m.num_layers, num_decoder_layers=m.num_layers, num_heads=m.num_heads,
-        dropout_rate=float(m.get("dropout", 0.0)), initializer_factor=float(m.init_std),
-        tie_word_embeddings=bool(m.tie_embeddings), pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
-        feed_forward_proj="relu", use_cache=False,
-    )
-
-
-def build_t5(m: DictConfig, vocab_size: int, device: str | torch.device | None = None):
-    """T5ForConditionalGeneration per `m`, random init, or the weights of a .ckpt / run directory of ours."""
-    from transformers import T5ForConditionalGeneration
-
-    from runner.config import latest_checkpoint
-    from runner.models import _state_dict_from_ckpt
-
-    with torch.device(device or "cpu"):
-        model = T5ForConditionalGeneration(t5_config(m, vocab_size))
-    if m.init_from:
-        path = Path(m.init_from).expanduser()
-        if path.is_dir():
-            path = latest_checkpoint(path) or path
-        if path.suffix != ".ckpt":
-            raise ConfigError(f"model.init_from: model.arch=t5 loads a .ckpt or run directory of ours, not {m.init_from}")
-        missing, unexpected = model.load_state_dict(_state_dict_from_ckpt(path), strict=False)
-        if missing or unexpected:
-            raise ConfigError(f"model.init_from: {path} does not fit model={m.name} "
-                              f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
-    return model
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -84,8 +40,8 @@ def word_tokenizer(vocabulary: list[str]):
 
 
 @dataclass
-class Seq2SeqData:
-    """What the runner hands to methods on the seq2seq path: (source ids, target ids) pairs, each ending in
+class Seq2SeqData(TaskData):
+    """What the run hands to methods on the seq2seq path: (source ids, target ids) pairs, each ending in
     EOS; train targets noisy, val targets clean; `references` are the clean val targets as text."""
 
     train: list[tuple[list[int], list[int]]]
@@ -143,32 +99,29 @@ class Seq2SeqData:
         exact = float(np.mean([h == r for h, r in zip(hyps, self.references)]))
         return {"bleu": score.score, "exact_match": exact, "len_ratio": score.sys_len / max(score.ref_len, 1)}
 
+    # -- the task protocol -------------------------------------------------------------------
+    def make_loaders(self, batch_size: int, total_micro_batches: int, seed: int, start=lambda: 0, rank: int = 0,
+                     world: int = 1, val_batches: int | None = None, num_workers: int = 0):
+        """Batches are a pure function of the global micro-batch index (tasks.common.ResumableBatchSampler)."""
+        val = self.val if val_batches is None else self.val[: val_batches * batch_size * world]
+        sampler = ResumableBatchSampler(len(self.train), batch_size, total_micro_batches, seed, start, rank, world)
+        train_dl = torch.utils.data.DataLoader(PairDataset(self.train), batch_sampler=sampler, collate_fn=collate,
+                                               num_workers=num_workers, generator=torch.Generator().manual_seed(seed))
+        val_dl = torch.utils.data.DataLoader(PairDataset(val[rank::world]), batch_size=batch_size, shuffle=False,
+                                             collate_fn=collate, generator=torch.Generator().manual_seed(seed))
+        return train_dl, val_dl
 
-def build_seq2seq_data(d: DictConfig, seq_len: int) -> Seq2SeqData:
-    params = dict(d.get("generator") or {})
-    try:
-        task = NoisyCopy(**params)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"dataset.generator: {e}") from e
-    longest = max(task.max_words, task.max_target_words) + 1  # + EOS
-    if longest > seq_len:
-        raise ConfigError(f"model.seq_len: {seq_len} is shorter than the longest noisy-copy sequence ({longest} tokens "
-                          "with EOS); raise model.seq_len or lower dataset.generator.max_words")
-    corpus = task.generate()
-    tokenizer = word_tokenizer(corpus.vocabulary)
-    index = tokenizer.get_vocab()
-    eos = index[EOS]
+    @staticmethod
+    def eval_targets(val_dl) -> torch.Tensor:
+        """The target tokens validation scores (EOS included, no padding)."""
+        return torch.tensor([i for _, tgt in val_dl.dataset.pairs for i in tgt])
 
-    def ids(words: list[str]) -> list[int]:
-        return [index[w] for w in words] + [eos]
+    def counts(self) -> dict[str, int]:
+        return {"train_pairs": len(self.train), "val_pairs": len(self.val),
+                "train_target_tokens": sum(len(t) for _, t in self.train)}
 
-    train = [(ids(s), ids(t)) for s, t in zip(corpus.train_source, corpus.train_target)]
-    val = [(ids(s), ids(t)) for s, t in zip(corpus.val_source, corpus.val_target)]
-    key = hashlib.sha256(json.dumps({"noisy-copy": params}, sort_keys=True).encode()).hexdigest()[:16]
-    log.info("noisy-copy: %d train / %d val sentences, %d words (%s, noise: shuffle %d, repetition %.2f, blank %.2f)",
-             len(train), len(val), len(corpus.vocabulary), task.mapping, task.shuffle, task.repetition, task.blank)
-    return Seq2SeqData(train, val, [" ".join(t) for t in corpus.val_target], tokenizer, len(tokenizer), seq_len,
-                       len(train), len(val), key)
+    def baselines(self, val_dl) -> dict[str, float]:
+        return {"val/unigram_ppl": self.unigram_ppl(self.eval_targets(val_dl))}
 
 
 # ---------------------------------------------------------------------------------------------- batches
@@ -193,23 +146,48 @@ def collate(pairs: list[tuple[list[int], list[int]]], pad: int = 0) -> torch.Ten
     return out
 
 
-def make_loaders(data: Seq2SeqData, batch_size: int, total_micro_batches: int, seed: int, start, rank: int = 0,
-                 world: int = 1, val_batches: int | None = None, num_workers: int = 0):
-    """As runner.data.make_loaders: batches are a pure function of the global micro-batch index."""
-    from runner.data import ResumableBatchSampler
+class NoisyCopyTask(Task):
+    """Noisy-target translation (methods/losses/noisy_copy.py): clean validation references, BLEU."""
 
-    val = data.val if val_batches is None else data.val[: val_batches * batch_size * world]
-    sampler = ResumableBatchSampler(len(data.train), batch_size, total_micro_batches, seed, start, rank, world)
-    train_dl = torch.utils.data.DataLoader(PairDataset(data.train), batch_sampler=sampler, collate_fn=collate,
-                                           num_workers=num_workers, generator=torch.Generator().manual_seed(seed))
-    val_dl = torch.utils.data.DataLoader(PairDataset(val[rank::world]), batch_size=batch_size, shuffle=False,
-                                         collate_fn=collate, generator=torch.Generator().manual_seed(seed))
-    return train_dl, val_dl
+    provides = frozenset({"seq2seq"})
+    model_kinds = ("seq2seq-lm",)
+
+    def __init__(self, generator: dict | None = None):
+        self.params = dict(generator or {})
+        try:
+            self.generator = NoisyCopy(**self.params)
+        except TypeError as e:
+            import inspect
+
+            valid = list(inspect.signature(NoisyCopy).parameters)
+            raise ValueError(f"dataset.generator: {str(e).split('got ')[-1]}; choose keys from: {', '.join(valid)}") from e
+        except ValueError as e:
+            raise ValueError(f"dataset.generator: {e}") from e
+
+    def build(self, ctx: BuildContext) -> Seq2SeqData:
+        return build_seq2seq_data(self.generator, self.params, ctx.seq_len)
 
 
-def eval_targets(val_dl) -> torch.Tensor:
-    """The target tokens validation scores (EOS included, no padding)."""
-    return torch.tensor([i for _, tgt in val_dl.dataset.pairs for i in tgt])
+def build_seq2seq_data(task: NoisyCopy, params: dict, seq_len: int) -> Seq2SeqData:
+    longest = max(task.max_words, task.max_target_words) + 1  # + EOS
+    if longest > seq_len:
+        raise ConfigError(f"model.seq_len: {seq_len} is shorter than the longest noisy-copy sequence ({longest} tokens "
+                          "with EOS); raise model.seq_len or lower dataset.generator.max_words")
+    corpus = task.generate()
+    tokenizer = word_tokenizer(corpus.vocabulary)
+    index = tokenizer.get_vocab()
+    eos = index[EOS]
+
+    def ids(words: list[str]) -> list[int]:
+        return [index[w] for w in words] + [eos]
+
+    train = [(ids(s), ids(t)) for s, t in zip(corpus.train_source, corpus.train_target)]
+    val = [(ids(s), ids(t)) for s, t in zip(corpus.val_source, corpus.val_target)]
+    key = hashlib.sha256(json.dumps({"noisy-copy": params}, sort_keys=True).encode()).hexdigest()[:16]
+    log.info("noisy-copy: %d train / %d val sentences, %d words (%s, noise: shuffle %d, repetition %.2f, blank %.2f)",
+             len(train), len(val), len(corpus.vocabulary), task.mapping, task.shuffle, task.repetition, task.blank)
+    return Seq2SeqData(train, val, [" ".join(t) for t in corpus.val_target], tokenizer, len(tokenizer), seq_len,
+                       len(train), len(val), key)
 
 
 # ---------------------------------------------------------------------------------------------- module
@@ -229,3 +207,6 @@ class Seq2SeqModule(MethodModule):
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         self._val_sum += self.lm_loss(batch, reduction="sum").double()
         self._val_count += (batch[:, 1] != self.model.config.pad_token_id).sum().double()
+
+
+Seq2SeqData.module_class = Seq2SeqModule

@@ -1,4 +1,4 @@
-"""Multi-domain data (dataset.source=mixture): several domains, one tokenizer, domain-labelled batches drawn by
+"""Multi-domain data (tasks.mixture.MixtureTask): several domains, one tokenizer, domain-labelled batches drawn by
 domain probabilities that may change during training.
 
     dataset.domains: a list of mappings, one per domain, in the order of every per-domain array:
@@ -9,7 +9,7 @@ domain probabilities that may change during training.
                     and a validation loss: a target / specific set (ZIP-FIT, DGA)
         ...         the kind's own keys (DOMAIN_KEYS below)
 
-Every domain's documents are split train/val by a hash of their text (runner.data.split_documents); a document
+Every domain's documents are split train/val by a hash of their text (tasks.common.split_documents); a document
 already in an earlier domain is dropped from later ones, so domains are disjoint. One byte-level BPE tokenizer
 is trained on the union of the train documents; documents and token streams are cached on disk by content hash.
 
@@ -38,12 +38,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from runner.data import (
-    TokenData,
-    _hash,
-    _publish,
+from tasks.base import BuildContext, Task
+from tasks.common import (
+    content_hash,
     load_documents,
     load_tokenizer,
+    publish,
     split_documents,
     stdlib_documents,
     stdlib_sources,
@@ -51,7 +51,8 @@ from runner.data import (
     tokenize,
     tokenizer_id,
 )
-from runner.errors import ConfigError, choices_hint
+from tasks.errors import ConfigError, choices_hint
+from tasks.lm_corpus import TokenData, check_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ DOMAIN_KEYS: dict[str, dict[str, Any]] = {  # kind -> its own keys and their def
 
 # ---------------------------------------------------------------------------------------------- config
 def check_domains(domains: Any) -> list[str]:
-    """The problems of `dataset.domains` (one line each), for runner.config's validation."""
+    """The problems of `dataset.domains` (one line each), checked when the task is configured."""
     if not isinstance(domains, (list, tuple)) or not domains:
         return ["dataset.domains: dataset.source=mixture needs a non-empty list of domains (name, kind, documents)"]
     out, names = [], []
@@ -201,7 +202,7 @@ def domain_documents(spec: dict, cache: Path) -> list[str]:
                                 "streaming": bool(spec.get("streaming", False)), "max_documents": n})
         return load_documents(sub)
     own = {k: spec[k] for k in sorted(DOMAIN_KEYS[kind])}
-    key = _hash("mixture-docs-v1", kind, spec["name"] if kind == "markov" else "", n, own, sys.version,
+    key = content_hash("mixture-docs-v1", kind, spec["name"] if kind == "markov" else "", n, own, sys.version,
                 sysconfig.get_paths()["stdlib"])
     path = cache / "mixture" / "documents" / f"{key}.json"
     if path.exists():
@@ -221,14 +222,14 @@ def domain_documents(spec: dict, cache: Path) -> list[str]:
 
 def _tokens(tokenizer, tok_id: str, docs: list[str], cache: Path) -> np.ndarray:
     """The documents' token stream (each followed by EOS), cached by content hash."""
-    path = cache / "mixture" / "tokens" / f"{_hash('mixture-tokens-v1', _hash(*docs), tok_id)}.npy"
+    path = cache / "mixture" / "tokens" / f"{content_hash('mixture-tokens-v1', content_hash(*docs), tok_id)}.npy"
     if path.exists():
         return np.load(path)
     ids = tokenize(tokenizer, docs)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + f".tmp{os.getpid()}.npy")
     np.save(tmp, ids)
-    _publish(tmp, path)
+    publish(tmp, path)
     return ids
 
 
@@ -246,13 +247,8 @@ class MixtureData(TokenData):
     cache_dir: str = ""
     tok_id: str = ""
     probs_fn: Callable[[int], np.ndarray] | None = field(default=None, repr=False)  # None: natural_probs
-    accumulate: int = 1  # trainer.accumulate_grad_batches (bind_run): micro-batch b is optimizer step b // this
-    max_steps: int | None = None  # trainer.max_steps (bind_run), for schedules given as fractions of training
-
-    # -- the run -----------------------------------------------------------------------------
-    def bind_run(self, cfg: DictConfig, is_base: bool = False) -> None:
-        self.accumulate = int(cfg.trainer.accumulate_grad_batches)
-        self.max_steps = int(cfg.trainer.max_steps)
+    accumulate: int = 1  # trainer.accumulate_grad_batches (set by MixtureTask.build): micro-batch b is optimizer step b // this
+    max_steps: int | None = None  # trainer.max_steps (set by MixtureTask.build), for schedules given as fractions of training
 
     # -- domains -----------------------------------------------------------------------------
     def _index(self, domain: str) -> int:
@@ -319,7 +315,7 @@ class MixtureData(TokenData):
             docs[(domain, "train")] = list(texts)
             tokens[(domain, "train")] = _tokens(self.tokenizer, self.tok_id, list(texts), cache)
         train = np.concatenate([tokens[(d, "train")] for d in self.domains])
-        key = _hash("mixture-replaced", self.cache_key, {d: _hash(*t) for d, t in domain_docs.items()})
+        key = content_hash("mixture-replaced", self.cache_key, {d: content_hash(*t) for d, t in domain_docs.items()})
         return replace(self, train=train, train_docs=sum(len(docs[(d, "train")]) for d in self.domains),
                        domain_docs=docs, domain_tokens=tokens, cache_key=key)
 
@@ -350,6 +346,12 @@ class MixtureData(TokenData):
         """Every validation block's targets, (n, T), for the unigram baseline."""
         ds = val_dl.dataset
         return torch.stack([ds[i][0][1:] for i in range(len(ds))])
+
+    def counts(self) -> dict[str, int]:
+        out = super().counts()
+        for d in self.domains:
+            out[f"train_blocks/{d}"] = self.n_blocks(d, "train")
+        return out
 
 
 class DomainBlocks(torch.utils.data.Dataset):
@@ -437,7 +439,7 @@ def build_mixture_data(d: DictConfig, seq_len: int, cache_dir: str) -> MixtureDa
     names = [s["name"] for s in specs]
     train = np.concatenate([domain_tokens[(n, "train")] for n in names])
     val = np.concatenate([domain_tokens[(n, "val")] for n in names])
-    key = _hash("mixture-v1", [(n, _hash(*docs[n])) for n in names], d.val_fraction, tok_id)
+    key = content_hash("mixture-v1", [(n, content_hash(*docs[n])) for n in names], d.val_fraction, tok_id)
     data = MixtureData(train, val, tokenizer, len(tokenizer), seq_len,
                        sum(len(split[n][0]) for n in names), sum(len(split[n][1]) for n in names), key,
                        domains=names, sampled=[bool(s["sample"]) for s in specs], domain_docs=domain_docs,
@@ -449,3 +451,28 @@ def build_mixture_data(d: DictConfig, seq_len: int, cache_dir: str) -> MixtureDa
     log.info("mixture: %s", ", ".join(f"{n} {data.n_blocks(n, 'train')}/{data.n_blocks(n, 'val')} blocks"
                                       f"{'' if s else ' (not sampled)'}" for n, s in zip(names, data.sampled)))
     return data
+
+
+class MixtureTask(Task):
+    """Several domains, domain-labelled batches drawn by probabilities a method may change during training."""
+
+    provides = frozenset({"tokens", "documents", "domains"})
+    model_kinds = ("causal-lm",)
+
+    def __init__(self, domains: list | None = None, val_fraction: float = 0.1, tokenizer: dict | None = None):
+        domains = OmegaConf.to_container(domains, resolve=True) if OmegaConf.is_config(domains) else domains
+        problems = check_domains(domains)
+        if not 0.0 < float(val_fraction) < 1.0:
+            problems.append(f"dataset.val_fraction: must be in (0, 1), got {val_fraction}")
+        tokenizer = check_tokenizer(tokenizer, problems)
+        if problems:
+            raise ValueError("; ".join(problems))
+        self.spec = OmegaConf.create({"domains": domains, "val_fraction": float(val_fraction), "tokenizer": tokenizer})
+
+    def vocab_size_hint(self) -> int | None:
+        return int(self.spec.tokenizer.vocab_size) if self.spec.tokenizer.kind == "train" else None
+
+    def build(self, ctx: BuildContext) -> MixtureData:
+        data = build_mixture_data(self.spec, ctx.seq_len, str(ctx.cache_dir))
+        data.accumulate, data.max_steps = int(ctx.accumulate_grad_batches), int(ctx.max_steps)
+        return data

@@ -1,0 +1,154 @@
+"""Trained models on demand: the runner trains a model for a role once and caches it.
+
+Post-training methods (compression, KV-cache, long context, unlearning) need a trained model, and tasks may
+need reference models (TOFU's retain-only model); later papers need teachers, readers and membership-attack
+targets. On a cluster that is a checkpoint or hub weights; on the CPU path the runner trains one: the run's
+model and task with the baseline (AdamW + cross-entropy, `configs/trainer/default.yaml`, `base_steps` steps),
+the task's arguments changed as the role asks (e.g. `{"generator": {"train_on": "retain"}}`). It is cached
+under `<paths.cache_dir>/trained/<role>-<model>-<key>`, the key a hash of everything that decides its weights;
+a file lock makes concurrent runs wait instead of training it twice. Every later run with the same key loads
+it in seconds.
+
+Tasks and methods get the models through `TrainedModels` (handed in as `BuildContext.trained_model` and
+`Method.trained_model`); they never import the runner.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from runner.config import CONFIG_DIR, import_target, latest_checkpoint
+
+log = logging.getLogger("methodbench")
+BASE = "base"
+# Dataset keys that do not change what a model learns (the task's own such arguments: Task.eval_only_args).
+_NOT_LEARNED = ("name", "num_workers")
+
+
+def role_config(cfg: DictConfig, role: str = BASE, changes: dict | None = None) -> DictConfig:
+    """The config of the run that trains `role`'s model for `cfg`: same model, task (with `changes` merged into
+    its arguments), hardware and seed; the baseline method and the default trainer; no logger."""
+    out = cfg.copy()
+    OmegaConf.set_struct(out, False)
+    out.method = OmegaConf.load(CONFIG_DIR / "method" / "adamw.yaml")
+    out.trainer = OmegaConf.merge(OmegaConf.load(CONFIG_DIR / "trainer" / "default.yaml"),
+                                  {"max_steps": int(cfg.base_steps), "enable_progress_bar": cfg.trainer.enable_progress_bar})
+    out.logger = OmegaConf.load(CONFIG_DIR / "logger" / "none.yaml")
+    if changes:
+        out.dataset = OmegaConf.merge(out.dataset, changes)
+    out.model.init_from = None
+    out.run_name = f"{role}-{cfg.model.name}"
+    out.resume = None
+    out.dry_run = False
+    return out
+
+
+def _drop(tree: dict, dotted: str) -> None:
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        tree = tree.get(p) if isinstance(tree, dict) else None
+        if tree is None:
+            return
+    if isinstance(tree, dict):
+        tree.pop(leaf, None)
+
+
+def role_key(cfg: DictConfig, role: str = BASE, changes: dict | None = None) -> str:
+    b = role_config(cfg, role, changes)
+    dataset = OmegaConf.to_container(b.dataset, resolve=True)
+    for k in _NOT_LEARNED:
+        dataset.pop(k, None)
+    for dotted in getattr(import_target(str(b.dataset._target_)), "eval_only_args", ()):
+        _drop(dataset, dotted)
+    spec = {
+        "model": {k: v for k, v in OmegaConf.to_container(b.model, resolve=True).items() if k not in ("name", "init_from")},
+        "dataset": dataset,
+        "method": OmegaConf.to_container(b.method, resolve=True),
+        "trainer": {k: v for k, v in OmegaConf.to_container(b.trainer, resolve=True).items() if k != "enable_progress_bar"},
+        "precision": str(cfg.hardware.precision),
+        "seed": int(cfg.seed),
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def model_dir(cfg: DictConfig, role: str = BASE, changes: dict | None = None) -> Path:
+    """Where `role`'s model for `cfg` is cached (a run directory: checkpoints/last.ckpt, summary.json, ...)."""
+    return Path(cfg.paths.cache_dir).expanduser() / "trained" / f"{role}-{cfg.model.name}-{role_key(cfg, role, changes)}"
+
+
+def ensure(cfg: DictConfig, run: Callable[..., dict], role: str = BASE, changes: dict | None = None) -> Path:
+    """The run directory of `role`'s model for `cfg`, trained first with `run` (runner.train.run) if no finished
+    one is cached. The caller's RNG states are left as they were."""
+    final = model_dir(cfg, role, changes)
+    if (final / "summary.json").exists() and latest_checkpoint(final):
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with open(final.with_name(final.name + ".lock"), "w") as lock, _rng_kept():
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (final / "summary.json").exists() and latest_checkpoint(final):
+            return final
+        tmp = final.with_name(final.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        log.info("training the %s model once (%d steps of %s on %s); cached at %s", role, cfg.base_steps,
+                 cfg.model.name, cfg.dataset.name, final)
+        run(role_config(cfg, role, changes), run_dir=tmp, identity=f"{role}:{role_key(cfg, role, changes)}", role=role)
+        # keep one real last.ckpt (it may be a link to a step file), not the periodic ones
+        last = tmp / "checkpoints" / "last.ckpt"
+        if last.is_symlink():
+            target = last.resolve()
+            last.unlink()
+            shutil.copy2(target, last)
+        for p in (tmp / "checkpoints").glob("step*.ckpt"):
+            p.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(tmp / "wandb")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        log.info("%s model ready: %s", role, final)
+    return final
+
+
+@contextlib.contextmanager
+def _rng_kept():
+    import numpy as np
+    import torch
+
+    py, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng():
+        yield
+    random.setstate(py)
+    np.random.set_state(np_state)
+
+
+class TrainedModels:
+    """The provider tasks and methods are handed: `trained(role, changes)` -> that model, loaded, eval mode.
+    `vocab_size(path)`: the vocabulary of the model saved at `path` (a runner run's summary.json says it)."""
+
+    def __init__(self, cfg: DictConfig, run: Callable[..., dict], vocab_size: Callable[[str], int | None]):
+        self.cfg, self.run, self.vocab_size = cfg, run, vocab_size
+        self._loaded: dict[str, Any] = {}
+
+    def __call__(self, role: str = BASE, changes: dict | None = None):
+        return self.load(str(ensure(self.cfg, self.run, role, changes)))
+
+    def load(self, path: str):
+        """The model `path` holds (anything model.init_from takes), built as this run's model config says."""
+        from runner.models import build_model, model_vocab_size
+
+        if path not in self._loaded:
+            m = self.cfg.model.copy()
+            m.init_from = str(path)
+            self._loaded[path] = build_model(m, model_vocab_size(m, self.vocab_size(path))).float().eval()
+        return self._loaded[path]
