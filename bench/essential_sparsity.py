@@ -5,12 +5,15 @@ The runner's cached base model (`model.init_from=base`: the configured model, de
 `base_steps` steps on the configured corpus, once) is pruned at every sparsity of the grid (default 0, 10,
 ..., 90%, as `sweeps/essential_sparsity.yaml`), in process, and scored on the first `--val-blocks`
 validation blocks: loss, perplexity and next-token KL to the dense model. With `--finetune-steps N` a second
-curve fine-tunes each pruned model N steps with its mask fixed (`method.finetune_*`). The knee (the
-"essential sparsity") is the point of maximum curvature of the validation-loss curve.
+curve fine-tunes each pruned model N steps with its mask fixed (`method.finetune_steps=N`, `method.finetune_lr`)
+through the pieces of the runner's train stage: the method's MethodModule in a Lightning trainer on the task's
+training loader (dataset.batch_size blocks, the run's seed, trainer.grad_clip), without logger or checkpoints.
+The knee (the "essential sparsity") is the point of maximum curvature of the validation-loss curve.
 
 `--via-runner` runs the same grid as one `python -m runner -m +sweep=essential_sparsity` multirun instead
 (each job: before/after evaluation, KL and the saved model, in the runner's summary.json) and reads back
-`compress/val_loss_after` of every job.
+`compress/val_loss_after` of every job; with `--finetune-steps N` a second multirun with
+`method.finetune_steps=N` (the runner's train stage) and its `val/loss` (the runner's validation batches).
 
     python bench/essential_sparsity.py [--grid 0,0.1,...,0.9] [--val-blocks 64] [--finetune-steps 0]
                                        [--via-runner] [--plot docs/essential_sparsity.png] [-- runner overrides]
@@ -30,11 +33,37 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from runner.basemodel import load_base  # noqa: E402
+from runner.api import load_base  # noqa: E402
 from runner.config import compose  # noqa: E402
-from runner.train import loss_and_kl  # noqa: E402
+from runner.stages import loss_and_kl  # noqa: E402
 
 GRID = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"
+
+
+def finetune(method, model, data, cfg):
+    """`method`'s train stage on `model` (pruned by `method.compress`), in process and on the CPU: what the
+    runner's trainer.fit runs (MethodModule, the method's optimizer, loss and after_optimizer_step, the task's
+    resumable training loader), without its logger, validation and checkpoints. Returns the model, eval mode."""
+    import logging
+
+    import lightning.pytorch as pl
+
+    from methods.module import MethodModule
+
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    tr = cfg.trainer
+    steps = int(method.train_steps(int(tr.max_steps)))
+    module = MethodModule(model, method, dict(cfg.hardware.kernels), cfg.hardware.kernel_fallback, data=data,
+                          seed=int(cfg.seed))
+    train_dl, _ = data.make_loaders(int(cfg.dataset.batch_size), steps * int(tr.accumulate_grad_batches), int(cfg.seed),
+                                    start=lambda: module.micro_batches_seen)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=steps, max_epochs=-1, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         gradient_clip_val=tr.grad_clip, accumulate_grad_batches=int(tr.accumulate_grad_batches),
+                         limit_val_batches=0, num_sanity_val_steps=0, use_distributed_sampler=False)
+    trainer.fit(module, train_dataloaders=train_dl)
+    return module.model.eval()
 
 
 def sweep_in_process(grid: list[float], args) -> tuple[dict, dict | None, object]:
@@ -55,6 +84,8 @@ def sweep_in_process(grid: list[float], args) -> tuple[dict, dict | None, object
             method = instantiate(mcfg, _convert_="all")
             with torch.random.fork_rng():
                 model = method.compress(copy.deepcopy(dense), data).eval()
+                if method.trains:  # the fine-tune with the mask fixed: the runner's train stage, in process
+                    model = finetune(method, model, data, cfg)
             loss, kl = loss_and_kl(dense, model, val.split(16))
             curve[s] = {"loss": loss, "kl": kl, "sparsity": method.evaluate(model, data)["sparsity"]}
         print(f"  s={s:.2f}: val loss {one_shot[s]['loss']:.4f}"
@@ -63,24 +94,30 @@ def sweep_in_process(grid: list[float], args) -> tuple[dict, dict | None, object
     return one_shot, tuned, cfg
 
 
-def sweep_via_runner(grid: list[float], args) -> tuple[dict, None, object]:
+def sweep_via_runner(grid: list[float], args) -> tuple[dict, dict | None, object]:
     runs = Path(args.runs_dir)
-    cmd = [sys.executable, "-m", "runner", "-m", "+sweep=essential_sparsity", f"method.sparsity={','.join(map(str, grid))}",
-           "logger=none", f"paths.runs_dir={runs}", *args.method, *args.overrides]
-    print("  " + " ".join(cmd[2:]), flush=True)
-    t0 = time.time()
-    subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "CI": "1"})
-    curve = {}
-    for path in runs.glob("*/multirun_*/*/summary.json"):
-        if path.stat().st_mtime < t0:
-            continue
-        summary = json.loads(path.read_text())
-        s = float(summary["config"]["method"]["sparsity"])
-        curve[s] = {"loss": summary["compress/val_loss_after"], "kl": summary["compress/kl_to_dense"],
-                    "sparsity": summary.get("eval/sparsity", s)}
-    if sorted(curve) != sorted(grid):
-        raise SystemExit(f"expected summaries for {grid}, found {sorted(curve)} under {runs}")
-    return dict(sorted(curve.items())), None, compose(args.overrides)
+    curves = []
+    for steps in (0, args.finetune_steps) if args.finetune_steps else (0,):
+        cmd = [sys.executable, "-m", "runner", "-m", "+sweep=essential_sparsity",
+               f"method.sparsity={','.join(map(str, grid))}", f"method.finetune_steps={steps}", "logger=none",
+               f"paths.runs_dir={runs}", *args.method, *args.overrides]
+        print("  " + " ".join(cmd[2:]), flush=True)
+        t0 = time.time()
+        subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "CI": "1"})
+        curve = {}
+        for path in runs.glob("*/multirun_*/*/summary.json"):
+            if path.stat().st_mtime < t0:
+                continue
+            summary = json.loads(path.read_text())
+            s = float(summary["config"]["method"]["sparsity"])
+            # one-shot: the compress stage's evaluation; fine-tuned: the validation after the train stage
+            curve[s] = {"loss": summary["val/loss"] if steps else summary["compress/val_loss_after"],
+                        "kl": None if steps else summary["compress/kl_to_dense"],
+                        "sparsity": summary.get("eval/sparsity", s)}
+        if sorted(curve) != sorted(grid):
+            raise SystemExit(f"expected summaries for {grid}, found {sorted(curve)} under {runs}")
+        curves.append(dict(sorted(curve.items())))
+    return curves[0], (curves[1] if len(curves) > 1 else None), compose(args.overrides)
 
 
 def main() -> None:

@@ -103,7 +103,7 @@ class Method:
     @property
     def needs_trained_model(self) -> bool:
         """Whether the run starts from a trained model: with model.init_from unset, the runner then uses the
-        cached base model (runner/basemodel.py). Post-training methods (compression, inference) and methods
+        cached base model (runner/trained.py). Post-training methods (compression, inference) and methods
         that train a trained model further (unlearning) say True."""
         return not self.trains
 

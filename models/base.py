@@ -59,10 +59,12 @@ class Architecture:
         """Activation memory of one training micro-batch, estimated; None: no estimate for this architecture."""
         return None
 
-    def logits_bytes(self, model: nn.Module, batch: int, seq_len: int, act_bytes: int, fused_loss: bool) -> float:
-        """Logits and their gradient (activation dtype) plus the loss's fp32 upcast and its gradient, unless a
-        fused loss never forms them (the chunked and Triton cross-entropy kernels of causal LMs)."""
-        if fused_loss:
+    def logits_bytes(self, model: nn.Module, batch: int, seq_len: int, act_bytes: int, cross_entropy: str) -> float:
+        """Logits and their gradient (activation dtype) plus the loss's fp32 upcast and its gradient, unless the
+        loss never forms them: a causal LM's next-token loss goes through the `cross_entropy` kernel
+        (hardware.kernels), whose chunked `reference` and Triton backends do not; `naive` and every other
+        architecture's loss (from the logits) do."""
+        if self.kind == "causal-lm" and cross_entropy != "naive":
             return 0.0
         vocab = model.get_output_embeddings().weight.shape[0] if hasattr(model, "get_output_embeddings") else 0
         return float(batch * seq_len * vocab * (2 * act_bytes + 8))
@@ -84,3 +86,9 @@ class ModuleArchitecture(Architecture):
     def blocks(self, model: nn.Module) -> list[nn.Module]:
         fn = getattr(model, "repeated_blocks", None)
         return list(fn()) if callable(fn) else []
+
+    def logits_bytes(self, model, batch, seq_len, act_bytes, cross_entropy):
+        """Its loss is computed from its logits (methods.module.MethodModule.lm_loss): they are formed."""
+        head = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        vocab = head[-1].out_features if head else 0
+        return float(batch * seq_len * vocab * (2 * act_bytes + 8))

@@ -37,14 +37,13 @@ def estimate(cfg: DictConfig, model, arch, method) -> dict:
     n = sum(p.numel() for p in model.parameters())
     pb, gb, ab = _bytes_per(hw.precision)
     b, s = d.batch_size, m.seq_len
-    fused = hw.kernels.get("cross_entropy", "reference") != "naive" and arch.kind == "causal-lm"
     acts = arch.activation_bytes(model, b, s, ab, bool(hw.fsdp.activation_checkpointing))
     rows = {
         "parameters": n * pb / shard,
         "gradients": n * gb / shard,
         "optimizer state": method.optimizer_state_bytes(model) / shard,
         "activations (estimate)": acts,
-        "logits + grads": arch.logits_bytes(model, b, s, ab, fused),
+        "logits + grads": arch.logits_bytes(model, b, s, ab, hw.kernels.get("cross_entropy", "reference")),
     }
     rows["total (estimate)"] = sum(v for v in rows.values() if v is not None)
     vocab = model.get_output_embeddings().weight.shape[0] if hasattr(model, "get_output_embeddings") else None

@@ -239,6 +239,7 @@ def _run(cfg: DictConfig, run_dir: Path, identity: str, sweep_group: str | None,
     validated = False  # the module's val/* metrics describe the current model
     for stage in order:
         if stage == "train" and max_steps > 0:
+            module.model.train()  # an earlier stage (compress) may have left it in eval mode
             trainer.fit(module, train_dataloaders=train_dl, val_dataloaders=val_dl,
                         ckpt_path=str(ckpt) if ckpt else None)
             trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")

@@ -61,6 +61,22 @@ def stdlib_documents(min_chars: int = 200) -> list[str]:
     return [d for d in docs if len(d) >= min_chars]
 
 
+def cached_stdlib_documents(cache: Path, min_chars: int = 200) -> list[str]:
+    """stdlib_documents, read back from `cache` after the first time (walking and parsing the stdlib takes
+    seconds): keyed by the Python version and the stdlib it is read from, which fix its content."""
+    import sys
+
+    path = Path(cache) / "documents" / f"stdlib-{content_hash('stdlib-docs-v1', sys.version, sysconfig.get_paths()['stdlib'], min_chars)}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    docs = stdlib_documents(min_chars)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(docs))
+    os.replace(tmp, path)
+    return docs
+
+
 def _builder_for(path: Path) -> tuple[str, dict]:
     suffix = "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
     builders = {".jsonl": "json", ".json": "json", ".jsonl.gz": "json", ".json.gz": "json",
@@ -71,10 +87,11 @@ def _builder_for(path: Path) -> tuple[str, dict]:
     return builders[suffix], {"data_files": str(path)}
 
 
-def load_documents(d: DictConfig) -> list[str]:
-    """All documents of the configured source as strings. Hub names and local files share this path."""
+def load_documents(d: DictConfig, cache: Path | None = None) -> list[str]:
+    """All documents of the configured source as strings. Hub names and local files share this path; the
+    embedded corpus is cached under `cache` when one is given."""
     if d.source == "stdlib-docs":
-        return stdlib_documents()
+        return stdlib_documents() if cache is None else cached_stdlib_documents(cache)
     import datasets
 
     path = Path(str(d.path)).expanduser()

@@ -144,15 +144,15 @@ class LMCorpus(Task):
     def vocab_size_hint(self) -> int | None:
         return int(self.tokenizer["vocab_size"]) if self.tokenizer["kind"] == "train" else None
 
-    def documents(self) -> tuple[list[str], list[str], list[str]]:
-        """(all documents, train documents, val documents)."""
-        docs = load_documents(self.spec)
+    def documents(self, cache: Path | None = None) -> tuple[list[str], list[str], list[str]]:
+        """(all documents, train documents, val documents); the embedded corpus cached under `cache`."""
+        docs = load_documents(self.spec, cache)
         train, val = split_documents(docs, self.spec.val_fraction)
         return docs, train, val
 
     def build(self, ctx: BuildContext, special_tokens: tuple[str, ...] = ()) -> TokenData:
         cache = Path(ctx.cache_dir).expanduser()
-        docs, train_docs, val_docs = self.documents()
+        docs, train_docs, val_docs = self.documents(cache)
         tokenizer = load_tokenizer(self.spec.tokenizer, train_docs, cache, special_tokens)
         tok_id = tokenizer_id(tokenizer, self.spec)
         key = content_hash("tokens-v2", content_hash(*docs), self.spec.val_fraction, tok_id)

@@ -18,6 +18,7 @@ from runner.errors import ConfigError
 from tasks.common import (
     EOS,
     ResumableBatchSampler,
+    cached_stdlib_documents,
     load_documents,
     load_tokenizer,
     split_documents,
@@ -52,6 +53,14 @@ def test_stdlib_corpus_is_deterministic_and_large(docs):
     assert sum(len(d) for d in docs) > 1_000_000
     assert all(len(d) >= 200 and d == d.strip() for d in docs)
     assert stdlib_documents() == docs
+
+
+def test_stdlib_corpus_is_cached_once_parsed(docs, tmp_path, monkeypatch):
+    import tasks.common
+
+    assert cached_stdlib_documents(tmp_path) == docs  # parsed and written once
+    monkeypatch.setattr(tasks.common, "stdlib_documents", lambda *a: pytest.fail("parsed the stdlib again"))
+    assert cached_stdlib_documents(tmp_path) == docs  # then read back
 
 
 def _synthetic_docs(n: int, start: int = 0) -> list[str]:

@@ -12,9 +12,12 @@ One-shot global magnitude pruning of a pre-trained model (the official `pruner.p
     N:M variant: in every group of M consecutive weights along a row (the input dimension), keep the
     N of largest |w| (ties: the earlier one); the sparsity is 1 − N/M.
 
-    optional fine-tuning with the mask m fixed: AdamW on next-token cross-entropy over seeded batches of
-    training blocks; the gradient of every pruned entry is multiplied by m (so AdamW's moments stay 0
-    there) and w <- w ⊙ m after every step.
+    optional fine-tuning with the mask m fixed (`finetune_steps` > 0), as a runner train stage (logged,
+    checkpointed, resumable; stages compress -> train -> evaluate): `finetune_steps` AdamW steps (constant
+    lr `finetune_lr`, no weight decay) of next-token cross-entropy on the run's training batches
+    (dataset.batch_size blocks); the gradient of every pruned entry is multiplied by m (so AdamW's moments
+    stay 0 there) and w <- w ⊙ m after every optimizer step. A resumed run prunes the same base model
+    again (the same masks) and the trainer restores the fine-tuned weights and optimizer state.
 
 Essential sparsity is "a sharp dropping point beyond which the performance declines much faster w.r.t.
 the rise of sparsity level": the knee of the performance-vs-sparsity curve. `essential_sparsity` takes
@@ -29,12 +32,12 @@ Defaults from the paper: the sparsity grid 0, 10, ..., 90% (`sweeps/essential_sp
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from methods.base import Method
@@ -87,38 +90,6 @@ def apply_masks(linears: list[nn.Linear], masks: list[torch.Tensor]) -> None:
     with torch.no_grad():
         for lin, mask in zip(linears, masks):
             lin.weight.mul_(mask.to(lin.weight.dtype))
-
-
-def finetune_with_fixed_mask(model: nn.Module, linears: list[nn.Linear], masks: list[torch.Tensor],
-                             blocks: torch.Tensor, steps: int, lr: float, batch_size: int, seed: int) -> list[float]:
-    """`steps` AdamW steps of next-token cross-entropy on seeded batches of `blocks` (n, T+1) with the pruned
-    entries held at 0: their gradients are masked and the masks re-applied after each step. Returns the losses."""
-    if steps <= 0:
-        return []
-    device = next(model.parameters()).device
-    was_training = model.training
-    params = [p for p in model.parameters() if p.requires_grad]
-    hooks = [lin.weight.register_hook(lambda g, m=mask: g * m.to(g.dtype)) for lin, mask in zip(linears, masks)]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(seed)
-    losses = []
-    model.train()
-    try:
-        with torch.enable_grad():
-            for _ in range(steps):
-                batch = blocks[torch.randint(len(blocks), (batch_size,), generator=gen)].to(device)
-                logits = model(input_ids=batch[:, :-1]).logits
-                loss = F.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten())
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                apply_masks(linears, masks)
-                losses.append(float(loss.detach()))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    return losses
 
 
 def sparsity_of(model: nn.Module) -> float:
@@ -184,31 +155,56 @@ def plot_sparsity_curve(sparsities, values, knee: float | None, path: str | Path
 
 
 # ---------------------------------------------------------------------------------------------- the method
+def _masked_grad(pruned: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """The gradient with the pruned entries set to 0 (= grad ⊙ m, m the keep-mask)."""
+    return grad.masked_fill(pruned.to(grad.device), 0)
+
+
 class EssentialSparsity(Method):
-    """One-shot global magnitude (or N:M) pruning of a trained model, then optional fine-tuning with the mask fixed."""
+    """One-shot global magnitude (or N:M) pruning of a trained model, then optional fine-tuning with the mask fixed
+    (a train stage of the runner: `finetune_steps` optimizer steps of the runner's trainer and loader)."""
+
+    needs_task = frozenset({"tokens"})
+    needs_model = frozenset({"decoder-layers"})
 
     def __init__(self, name: str = "essential_sparsity", lr: float = 3e-3, betas: tuple[float, float] = (0.9, 0.95),
                  eps: float = 1e-8, weight_decay: float = 0.1, warmup_steps: int = 20, min_lr_ratio: float = 0.1,
-                 sparsity: float = 0.5, n_m: str | None = None, finetune_steps: int = 0, finetune_lr: float = 2e-5,
-                 finetune_batch_size: int = 8, seed: int = 0):
+                 sparsity: float = 0.5, n_m: str | None = None, finetune_steps: int = 0, finetune_lr: float = 2e-5):
         super().__init__(name, lr, betas, eps, weight_decay, warmup_steps, min_lr_ratio)
         if not 0.0 <= float(sparsity) <= 1.0:
             raise ValueError(f"method.sparsity: {sparsity} is not in [0, 1]")
-        if int(finetune_steps) < 0 or int(finetune_batch_size) < 1 or float(finetune_lr) < 0:
-            raise ValueError("method.finetune_steps must be >= 0, method.finetune_batch_size >= 1 and "
-                             "method.finetune_lr >= 0")
+        if int(finetune_steps) < 0 or float(finetune_lr) < 0:
+            raise ValueError("method.finetune_steps and method.finetune_lr must be >= 0")
         self.sparsity = float(sparsity)
         self.n_m = parse_n_m(n_m)
         self.finetune_steps = int(finetune_steps)
         self.finetune_lr = float(finetune_lr)
-        self.finetune_batch_size = int(finetune_batch_size)
-        self.seed = int(seed)
-        self.finetune_losses: list[float] = []
+        self.pruned: list[torch.Tensor] = []  # per prunable layer, in module order: True where the entry is pruned
+        self._linears: list[nn.Linear] = []  # the layers whose weights the masks hold (and the hooks watch)
+        self._hooks: list[Any] = []
 
+    # -- stages ------------------------------------------------------------------------------
     @property
     def trains(self) -> bool:
-        return False
+        return self.finetune_steps > 0
 
+    @property
+    def needs_trained_model(self) -> bool:
+        return True  # it prunes a trained model (fine-tuned or not)
+
+    @property
+    def stages(self) -> list[str]:
+        return ["compress", "train", "evaluate"] if self.trains else ["compress", "evaluate"]
+
+    @property
+    def supports_fsdp(self) -> bool:
+        # the fine-tune masks whole weight matrices (their gradients and values), which FSDP's flat shards are not
+        return not self.trains
+
+    def train_steps(self, configured: int) -> int:
+        return self.finetune_steps
+
+    # -- compress ----------------------------------------------------------------------------
     def masks(self, model: nn.Module) -> tuple[list[nn.Linear], list[torch.Tensor]]:
         linears = [lin for _, lin in prunable_linears(model)]
         if not linears:
@@ -218,16 +214,54 @@ class EssentialSparsity(Method):
         return linears, global_magnitude_masks([lin.weight for lin in linears], self.sparsity)
 
     def compress(self, model: nn.Module, data: Any) -> nn.Module:
+        """Prune `model` in place; keep the masks, and with a fine-tune to come, mask the pruned entries' gradients."""
         linears, masks = self.masks(model)
         apply_masks(linears, masks)
-        if self.finetune_steps:
-            self.finetune_losses = finetune_with_fixed_mask(
-                model, linears, masks, data.blocks("train"), self.finetune_steps, self.finetune_lr,
-                self.finetune_batch_size, self.seed)
+        self.pruned = [~m for m in masks]
+        self._linears = linears
+        if self.trains:
+            self.hold_mask(model)
         return model
 
+    def hold_mask(self, model: nn.Module) -> list[nn.Linear]:
+        """Register the gradient hooks (grad <- grad ⊙ m) on the prunable weights of `model`, replacing any
+        registered before: the train stage calls it on the model its optimizer steps, which need not hold the
+        very parameter tensors compress pruned."""
+        self.release_mask()
+        linears = [lin for _, lin in prunable_linears(model)]
+        if not self.pruned:
+            raise ValueError(f"{self.name}: the fine-tune needs the masks of the compress stage (it runs after compress)")
+        shapes = [tuple(lin.weight.shape) for lin in linears]
+        if shapes != [tuple(p.shape) for p in self.pruned]:
+            raise ValueError(f"{self.name}: the model's prunable weights {shapes} are not the pruned ones")
+        self._linears = linears
+        self._hooks = [lin.weight.register_hook(partial(_masked_grad, pruned)) for lin, pruned in zip(linears, self.pruned)]
+        return linears
+
+    def release_mask(self) -> None:
+        """Remove the gradient hooks (the fine-tune is over)."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    # -- the fine-tune (the runner's train stage) ----------------------------------------------
+    def configure_optimizers(self, module: Any) -> dict:
+        """AdamW at the constant lr `finetune_lr`, no weight decay, the method's betas and eps, on every trainable
+        parameter of the module's model (the pruned entries' moments stay 0: their gradients are 0)."""
+        self.hold_mask(module.model)
+        module.model.train()  # the compress stage leaves the model in eval mode
+        params = [p for p in module.model.parameters() if p.requires_grad]
+        return {"optimizer": torch.optim.AdamW(params, lr=self.finetune_lr, betas=self.betas, eps=self.eps,
+                                               weight_decay=0.0)}
+
+    def after_optimizer_step(self, module: Any) -> None:
+        """w <- w ⊙ m on every pruned layer."""
+        with torch.no_grad():
+            for lin, pruned in zip(self._linears, self.pruned):
+                lin.weight.masked_fill_(pruned.to(lin.weight.device), 0)
+
+    # -- evaluate ----------------------------------------------------------------------------
     def evaluate(self, model: nn.Module, data: Any) -> dict[str, float]:
-        out = {"sparsity": sparsity_of(model)}
-        if self.finetune_losses:
-            out["finetune_loss"] = self.finetune_losses[-1]
-        return out
+        """The sparsity of the final model (the fine-tune's last loss is the summary's train/loss)."""
+        self.release_mask()
+        return {"sparsity": sparsity_of(model)}

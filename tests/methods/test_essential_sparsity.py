@@ -1,12 +1,22 @@
 """Essential sparsity's properties (methods/compression/essential_sparsity.py): one-shot global magnitude
 pruning reaches exactly the asked sparsity with one global threshold, N:M keeps exactly N of every M, the mask
-holds while fine-tuning, and the knee finder returns the point of maximum curvature."""
+holds while fine-tuning (a runner train stage: logged, checkpointed, resumed exactly after SIGKILL), and the knee
+finder returns the point of maximum curvature."""
 
 from __future__ import annotations
 
 import copy
+import csv
+import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
@@ -17,7 +27,10 @@ from methods.compression.essential_sparsity import (
     essential_sparsity,
     plot_sparsity_curve,
     prunable_linears,
+    sparsity_of,
 )
+from methods.module import MethodModule
+from tests.conftest import BASE, REPO, run_cli
 from tests.helpers import tiny_llama
 
 VOCAB = 96
@@ -31,8 +44,8 @@ def llama(seed: int = 0) -> LlamaForCausalLM:
 class Blocks:
     """The part of TokenData the method reads: seeded (n, T+1) training blocks."""
 
-    def __init__(self, n: int = 32, T: int = 16):
-        self._blocks = torch.randint(0, VOCAB, (n, T + 1), generator=torch.Generator().manual_seed(1))
+    def __init__(self, n: int = 32, T: int = 16, vocab: int = VOCAB):
+        self._blocks = torch.randint(0, vocab, (n, T + 1), generator=torch.Generator().manual_seed(1))
 
     def blocks(self, split: str) -> torch.Tensor:
         return self._blocks
@@ -101,18 +114,149 @@ def test_bad_options_are_one_line_errors():
         EssentialSparsity(n_m="1:3").compress(llama(), Blocks())
 
 
-# -- fine-tuning with the mask fixed -------------------------------------------------------------
-@pytest.mark.parametrize("n_m", [None, "2:4"])
-def test_mask_does_not_change_while_fine_tuning(n_m):
+# -- fine-tuning with the mask fixed: a train stage ------------------------------------------------
+def test_stages_follow_finetune_steps():
+    one_shot = EssentialSparsity(sparsity=0.5)
+    assert one_shot.stages == ["compress", "evaluate"] and not one_shot.trains
+    assert one_shot.needs_trained_model and one_shot.supports_fsdp
+    tuned = EssentialSparsity(sparsity=0.5, finetune_steps=7)
+    assert tuned.stages == ["compress", "train", "evaluate"] and tuned.trains
+    assert tuned.needs_trained_model  # it prunes a trained model, fine-tuned or not
+    assert tuned.train_steps(200) == 7  # its own step count, not trainer.max_steps
+    assert not tuned.supports_fsdp  # whole-matrix masks
+    with pytest.raises(ValueError, match="method.finetune_steps"):
+        EssentialSparsity(finetune_steps=-1)
+    with pytest.raises(ValueError, match="after compress"):  # a train stage without the compress stage's masks
+        tuned.hold_mask(llama())
+
+
+class Losses(pl.Callback):
+    """Every training step's loss."""
+
+    def __init__(self):
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.losses.append(float(outputs["loss"]))
+
+
+@pytest.mark.parametrize("n_m,fresh_params", [(None, False), ("2:4", False), (None, True)])
+def test_mask_does_not_change_while_fine_tuning(n_m, fresh_params):
+    """The method's own train-stage hooks (configure_optimizers, the gradient hooks, after_optimizer_step) in a
+    Lightning trainer on the CPU, as the runner's train stage runs them. `fresh_params`: the module trains a copy of
+    the pruned model (other parameter tensors than compress saw, as after a strategy re-creates them)."""
     dense = llama()
     one_shot = EssentialSparsity(sparsity=0.6, n_m=n_m).compress(copy.deepcopy(dense), Blocks())
-    method = EssentialSparsity(sparsity=0.6, n_m=n_m, finetune_steps=6, finetune_lr=1e-2, finetune_batch_size=4)
-    tuned = method.compress(copy.deepcopy(dense), Blocks())
-    w0, w1 = prunable_weights(one_shot), prunable_weights(tuned)
+    method = EssentialSparsity(sparsity=0.6, n_m=n_m, finetune_steps=6, finetune_lr=1e-2)
+    model = method.compress(copy.deepcopy(dense), Blocks())
+    if fresh_params:
+        model = copy.deepcopy(model)  # deepcopy drops tensor hooks: configure_optimizers must register them again
+    module = MethodModule(model, method)
+    # (4, T+1) blocks of 8 of the 96 tokens: something to learn
+    loader = torch.utils.data.DataLoader(Blocks(n=32, vocab=8).blocks("train"), batch_size=4)
+    losses = Losses()
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=method.train_steps(100), max_epochs=-1, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=0, num_sanity_val_steps=0, callbacks=[losses])
+    trainer.fit(module, train_dataloaders=loader)
+
+    w0, w1 = prunable_weights(one_shot), prunable_weights(module.model)
     assert torch.equal(w0 == 0, w1 == 0)  # the same entries are zero, no more, no fewer
     assert (w1[w0 != 0] != w0[w0 != 0]).float().mean() > 0.9  # and the kept ones did train
-    assert len(method.finetune_losses) == 6 and method.finetune_losses[-1] < method.finetune_losses[0]
-    assert tuned.training is False  # the mode it came in with
+    assert trainer.global_step == 6 and len(losses.losses) == 6 and losses.losses[-1] < losses.losses[0]
+    opt = trainer.optimizers[0]
+    group = opt.param_groups[0]
+    assert (group["lr"], group["weight_decay"], tuple(group["betas"]), group["eps"]) == (1e-2, 0.0, method.betas, method.eps)
+    for (_, lin), pruned in zip(prunable_linears(module.model), method.pruned):
+        state = opt.state[lin.weight]  # the optimizer steps these very tensors, and never saw a pruned gradient
+        assert not state["exp_avg"][pruned].any() and not state["exp_avg_sq"][pruned].any()
+    assert method.evaluate(module.model, None)["sparsity"] == pytest.approx(sparsity_of(one_shot), abs=0)
+    assert not any(lin.weight._backward_hooks for _, lin in prunable_linears(module.model))  # released after
+
+
+# -- the fine-tune through the runner: logged every step, checkpointed, resumed exactly --------------
+FINETUNE = [*BASE, "method=essential_sparsity", "method.sparsity=0.6", "method.finetune_steps=6",
+            "trainer.checkpoint_every_n_steps=2", "trainer.log_every_n_steps=1", "logger=csv"]
+
+
+def _csv_rows(run_dir: Path) -> list[dict]:
+    with open(run_dir / "csv" / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _train_losses(run_dir: Path) -> dict[int, float]:
+    return {int(r["step"]): float(r["train/loss"]) for r in _csv_rows(run_dir) if r.get("train/loss")}
+
+
+def _runner(runs: Path, log: Path) -> subprocess.Popen:
+    with log.open("w") as err:
+        return subprocess.Popen([sys.executable, "-m", "runner", *FINETUNE, f"paths.runs_dir={runs}"], cwd=REPO,
+                                stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, "CI": "1"},
+                                start_new_session=True)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.slow
+def test_finetune_is_a_logged_resumable_train_stage(tmp_path):
+    """The uninterrupted run and the one killed (SIGKILL, after its step-2 checkpoint) run side by side on the
+    cached base model (trained once, under a lock, if missing); the killed one resumes from its directory: the
+    same per-step losses, val/loss and final model, its sparsity exact. ~26 s of CPU a CLI run, 3 runs."""
+    full_runs, killed_runs = tmp_path / "full", tmp_path / "killed"
+    full = _runner(full_runs, tmp_path / "full.err")
+    killed = _runner(killed_runs, tmp_path / "killed.err")
+    try:
+        target, deadline = None, time.time() + 300
+        while time.time() < deadline and killed.poll() is None:
+            found = list(killed_runs.glob("*/*/checkpoints/step000002.ckpt"))  # written atomically
+            if found:
+                target = found[0]
+                break
+            time.sleep(0.01)
+        assert target is not None, f"no checkpoint appeared: {(tmp_path / 'killed.err').read_text()[-2000:]}"
+        _kill(killed)
+        killed_dir = target.parent.parent
+        assert not (killed_dir / "summary.json").exists(), "the run finished before it was killed"
+        assert full.wait(timeout=300) == 0, (tmp_path / "full.err").read_text()[-3000:]
+    finally:
+        _kill(killed)
+        _kill(full)
+    (full_dir,) = (p.parent for p in full_runs.glob("*/*/summary.json"))
+
+    # the uninterrupted run: a train stage of finetune_steps steps, train/loss logged at every one
+    ref = json.loads((full_dir / "summary.json").read_text())
+    assert ref["stages"] == ["compress", "train", "evaluate"]
+    assert ref["steps"] == 6 and ref["tokens_seen"] == 6 * 16 * 64
+    assert ref["eval/sparsity"] == pytest.approx(0.6, abs=1e-6)
+    ref_losses = _train_losses(full_dir)
+    assert sorted(ref_losses) == list(range(6))
+    assert ref["train/loss"] == pytest.approx(ref_losses[5], abs=1e-6)  # the fine-tune's last loss
+    lrs = [float(r["train/lr"]) for r in _csv_rows(full_dir) if r.get("train/lr")]
+    assert len(lrs) == 6 and all(lr == pytest.approx(2e-5) for lr in lrs)  # finetune_lr, constant
+
+    # the killed run, resumed from its directory
+    run_cli(*FINETUNE, f"resume={killed_dir}", runs_dir=killed_runs)
+    got = json.loads((killed_dir / "summary.json").read_text())
+    assert json.loads((killed_dir / "meta.json").read_text())["resumed_from"]
+    assert got["steps"] == 6 and got["tokens_seen"] == ref["tokens_seen"]
+    losses = _train_losses(killed_dir)  # the steps after the restart (the CSV of the resumed segment)
+    assert losses and 2 <= min(losses) <= 5 and max(losses) == 5, losses
+    diffs = [abs(losses[k] - ref_losses[k]) for k in losses] + [abs(got["val/loss"] - ref["val/loss"]),
+                                                                 abs(got["train/loss"] - ref["train/loss"])]
+    print(f"resume vs uninterrupted: steps {sorted(losses)}, max |diff| {max(diffs):.3g}")
+    assert max(diffs) <= 1e-6
+    assert got["eval/sparsity"] == ref["eval/sparsity"]
+
+    # the resumed run's final model: the same mask, exactly the configured sparsity, the same weights
+    a = torch.load(full_dir / "compressed" / "model.pt", weights_only=False)
+    b = torch.load(killed_dir / "compressed" / "model.pt", weights_only=False)
+    wa, wb = prunable_weights(a), prunable_weights(b)
+    assert int((wb == 0).sum()) == round(0.6 * wb.numel()) and torch.equal(wa == 0, wb == 0)
+    assert float((wa - wb).abs().max()) <= 1e-6
 
 
 # -- the knee ----------------------------------------------------------------------------------
