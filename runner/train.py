@@ -93,18 +93,12 @@ def _resolve_base(cfg: DictConfig, method) -> tuple[DictConfig, int | None]:
 def _vocab_of(path: str) -> int | None:
     """The vocabulary of a model the runner trained (its summary.json), for loading it again."""
     p = Path(path).expanduser()
-    for run_dir in (p, p.parent.parent):
-        vocab = load_meta(run_dir).get("vocab_size") or _summary(run_dir).get("vocab_size")
-        if vocab:
-            return int(vocab)
+    for run_dir in (p, p.parent.parent):  # a run directory, or a checkpoint in its checkpoints/
+        try:
+            return int(json.loads((run_dir / "summary.json").read_text())["vocab_size"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
     return None
-
-
-def _summary(run_dir: Path) -> dict:
-    try:
-        return json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def run(cfg: DictConfig, run_dir: Path | None = None, identity: str | None = None, role: str | None = None) -> dict:
