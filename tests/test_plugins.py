@@ -174,13 +174,17 @@ def test_a_new_task_method_and_model_run_from_outside_the_repo(user, tmp_path):
 
 @pytest.mark.slow
 def test_the_plugins_are_checked_like_the_repos(user, tmp_path):
-    bad = _cli(user, "model=tiny-gru", "method=smoothed", "dataset=periodic", "dataset.period=0",
-               "+model.widht=3", runs_dir=tmp_path / "bad", check=False)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=2) as pool:  # two CLI processes side by side
+        bad = pool.submit(_cli, user, "model=tiny-gru", "method=smoothed", "dataset=periodic", "dataset.period=0",
+                          "+model.widht=3", runs_dir=tmp_path / "bad", check=False)
+        wrong = pool.submit(_cli, user, "model=tiny-gru", "method=smoothed", runs_dir=tmp_path / "wrong", check=False)
+        bad, wrong = bad.result(), wrong.result()
     assert bad.returncode == 2, bad.stderr
     assert "dataset.period: must be at least 1" in bad.stderr
     assert "model.widht: not an argument of my_plugins.TinyGRU" in bad.stderr and "width" in bad.stderr
     # the method needs the task's "periodic": on the default corpus it is refused, naming the user's option
-    wrong = _cli(user, "model=tiny-gru", "method=smoothed", runs_dir=tmp_path / "wrong", check=False)
     assert wrong.returncode == 2, wrong.stderr
     line = next(ln for ln in wrong.stderr.splitlines() if ln.startswith("error: dataset:"))
     assert "method=smoothed" in line and "periodic" in line and "dataset=periodic" in line

@@ -87,21 +87,35 @@ def _method_name(runs: Path) -> str:
     return json.loads((run_dir / "summary.json").read_text())["config"]["method"]["name"]
 
 
-@pytest.mark.slow
-def test_cli_config_dir(user_dir, tmp_path):
-    run_cli("--config-dir", str(user_dir), "method=mine", *RUN, runs_dir=tmp_path / "runs")
-    assert _method_name(tmp_path / "runs") == "mine"
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory):
+    """The three CLI runs, two at a time (each one imports torch and Lightning: seconds): through --config-dir,
+    through hydra.searchpath, and a misspelt user option."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = tmp_path_factory.mktemp("cli")
+    user = root / "my_configs"
+    (user / "method").mkdir(parents=True)
+    (user / "method" / "mine.yaml").write_text(MINE)
+    cases = {"config-dir": ["--config-dir", str(user), "method=mine"],
+             "searchpath": [f"hydra.searchpath=[file://{user}]", "method=mine"],
+             "misspelt": ["--config-dir", str(user), "method=mien"]}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {k: pool.submit(run_cli, *args, *RUN, runs_dir=root / k, check=False) for k, args in cases.items()}
+        return {k: (f.result(), root / k) for k, f in futures.items()}
 
 
 @pytest.mark.slow
-def test_cli_hydra_searchpath(user_dir, tmp_path):
-    run_cli(f"hydra.searchpath=[file://{user_dir}]", "method=mine", *RUN, runs_dir=tmp_path / "runs")
-    assert _method_name(tmp_path / "runs") == "mine"
+@pytest.mark.parametrize("case", ["config-dir", "searchpath"])
+def test_cli_runs_a_user_option(cli, case):
+    proc, runs = cli[case]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _method_name(runs) == "mine"
 
 
 @pytest.mark.slow
-def test_cli_unknown_user_option_lists_the_user_options(user_dir, tmp_path):
-    proc = run_cli("--config-dir", str(user_dir), "method=mien", *RUN, runs_dir=tmp_path / "runs", check=False)
+def test_cli_unknown_user_option_lists_the_user_options(cli):
+    proc, _ = cli["misspelt"]
     assert proc.returncode == 2, proc.stderr
     line = next(ln for ln in proc.stderr.splitlines() if ln.startswith("error: method=mien"))
     assert "mine" in line.split("choose one of:")[1].replace(",", " ").split()
