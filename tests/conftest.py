@@ -34,6 +34,34 @@ def run_cli(*args: str, runs_dir: Path, check: bool = True, timeout: float = 600
     return proc
 
 
+def kill_at_checkpoint(*args: str, runs_dir: Path, checkpoint: str, timeout: float = 300) -> tuple[Path, dict]:
+    """Start `python -m runner <args>` and SIGKILL its process group as soon as a `checkpoint` file (e.g.
+    step000020.ckpt) exists in its run directory: (that run directory, its meta.json then). Fails if no such
+    checkpoint appears or the run finished first."""
+    import json
+    import signal
+    import time
+
+    cmd = [sys.executable, "-m", "runner", *args, f"paths.runs_dir={runs_dir}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "CI": "1"}, start_new_session=True)
+    target, deadline = None, time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        found = list(Path(runs_dir).glob(f"*/*/checkpoints/{checkpoint}"))
+        if found:
+            target = found[0]
+            break
+        time.sleep(0.05)
+    if target is None:
+        proc.kill()
+        raise AssertionError(f"no {checkpoint} appeared: {proc.stderr.read().decode()[-2000:]}")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed = target.parent.parent
+    assert not (killed / "summary.json").exists(), "the run finished before it was killed"
+    return killed, json.loads((killed / "meta.json").read_text())
+
+
 def run_dirs(runs_dir: Path) -> list[Path]:
     """Run directories (those with a meta.json) under runs_dir, oldest first."""
     return sorted((p.parent for p in Path(runs_dir).glob("*/*/meta.json")), key=lambda p: p.stat().st_mtime)

@@ -8,17 +8,13 @@ initialised from the baseline's checkpoint (init_from), a sweep, dry runs.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from runner.loggers import read_offline_run
-from tests.conftest import REPO, TINY, run_cli, run_dirs
+from tests.conftest import TINY, kill_at_checkpoint, run_cli, run_dirs
 
 pytestmark = pytest.mark.slow
 
@@ -89,23 +85,7 @@ def test_same_seed_same_curve(baseline, tmp_path):
 def test_sigkill_then_resume_matches_uninterrupted(baseline, tmp_path):
     """Kill the process for real mid-run, resume from its directory: same final numbers, same W&B run."""
     run_dir, _ = baseline
-    cmd = [sys.executable, "-m", "runner", *BASE, f"paths.runs_dir={tmp_path}"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "CI": "1"}, start_new_session=True)
-    target = None
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        found = list(tmp_path.glob("*/*/checkpoints/step000020.ckpt"))
-        if found:
-            target = found[0]
-            break
-        time.sleep(0.05)
-    assert target is not None, f"no checkpoint appeared: {proc.stderr.read().decode()[-2000:]}"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    killed_dir = target.parent.parent
-    assert not (killed_dir / "summary.json").exists(), "the run finished before it was killed"
-    before = json.loads((killed_dir / "meta.json").read_text())
+    killed_dir, before = kill_at_checkpoint(*BASE, runs_dir=tmp_path, checkpoint="step000020.ckpt")
 
     run_cli(*BASE, f"resume={killed_dir}", runs_dir=tmp_path)
     resumed, base = _summary(killed_dir), _summary(run_dir)

@@ -7,11 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,7 +26,7 @@ from tasks.mlm import (
     mask_tokens,
     random_candidates,
 )
-from tests.conftest import REPO, TINY, run_cli, run_dirs
+from tests.conftest import TINY, kill_at_checkpoint, run_cli, run_dirs
 
 SIGMAS = 6.0  # every frequency check: within 6 binomial standard deviations (a false failure ~1 in 5e8)
 
@@ -240,25 +235,7 @@ def _baseline(runs: Path) -> Path:
 
 def _killed_then_resumed(runs: Path) -> tuple[Path, dict]:
     """As tests/test_e2e.py: SIGKILL the process once its step-10 checkpoint exists, then resume its directory."""
-    cmd = [sys.executable, "-m", "runner", *MLM, f"paths.runs_dir={runs}"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "CI": "1"}, start_new_session=True)
-    target = None
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        found = list(runs.glob(f"*/*/checkpoints/{KILL_AT}"))
-        if found:
-            target = found[0]
-            break
-        time.sleep(0.05)
-    if target is None:
-        proc.kill()
-        raise AssertionError(f"no checkpoint appeared: {proc.stderr.read().decode()[-2000:]}")
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    killed = target.parent.parent
-    assert not (killed / "summary.json").exists(), "the run finished before it was killed"
-    before = json.loads((killed / "meta.json").read_text())
+    killed, before = kill_at_checkpoint(*MLM, runs_dir=runs, checkpoint=KILL_AT)
     run_cli(*MLM, f"resume={killed}", runs_dir=runs)
     return killed, before
 
