@@ -478,33 +478,38 @@ def _repository():
     return ConfigRepository(config_search_path=csp)
 
 
-def _option_node(group: str, option: str) -> DictConfig | None:
-    """The raw YAML of `<group>/<option>` from the active config search path (the repo's configs/ outside Hydra)."""
+def _option_node(group: str, option: str) -> tuple[DictConfig, list[str]] | None:
+    """(the YAML of `<group>/<option>` without its defaults list, the options of the same group that list names)
+    from the active config search path (the repo's configs/ outside Hydra)."""
     from hydra.core.global_hydra import GlobalHydra
 
     if GlobalHydra.instance().is_initialized():
         try:
             found = _repository().load_config(f"{group}/{option}")
-            if found is not None:
-                return found.config
+            if found is not None:  # Hydra has moved the defaults list out of the config
+                names = [str(d.path) for d in found.defaults_list or [] if getattr(d, "path", None) not in (None, "_self_")]
+                return found.config, names
         except Exception:  # noqa: BLE001  (fall back to the repo's own directory)
             pass
     path = CONFIG_DIR / group / f"{option}.yaml"
-    return OmegaConf.load(path) if path.exists() else None
+    if not path.exists():
+        return None
+    node = OmegaConf.load(path)
+    return node, [e for e in node.get("defaults") or [] if isinstance(e, str) and e != "_self_"]
 
 
 def option_target(group: str, option: str, depth: int = 0) -> str | None:
     """The `_target_` of a group option, following its defaults list within the group."""
-    node = _option_node(group, option)
-    if node is None or depth > 8:
+    found = _option_node(group, option)
+    if found is None or depth > 8:
         return None
+    node, parents = found
     if isinstance(node.get("_target_"), str):
         return node._target_
-    for entry in node.get("defaults") or []:
-        if isinstance(entry, str) and entry != "_self_":
-            found = option_target(group, entry, depth + 1)
-            if found:
-                return found
+    for parent in parents:
+        target = option_target(group, parent, depth + 1)
+        if target:
+            return target
     return None
 
 

@@ -35,8 +35,10 @@ CASES = {
     # a method bound to its own kind of data names the dataset options that have it
     "method-needs-its-dataset": (["method=npo"], ["dataset", "npo", "stdlib-docs", "dataset=fictitious-authors", "dataset=tofu"]),
     # what fits what (method <-> task <-> model), from what each declares: both sides and the options that fit
+    # (model=llama-60m names its class through its defaults list: the options that fit are found through it)
     "encoder-on-a-causal-lm-task": (["model=bert-tiny"], ["model", "bert-tiny", "masked-lm", "dataset=stdlib-docs",
-                                                          "causal-lm", "model=llama-tiny", "dataset=stdlib-docs-mlm"]),
+                                                          "causal-lm", "model=llama-tiny", "model=llama-60m",
+                                                          "dataset=stdlib-docs-mlm"]),
     "decoder-on-a-pairs-task": (["dataset=noisy-copy"], ["model", "llama-tiny", "dataset=noisy-copy", "seq2seq-lm",
                                                          "model=t5-tiny"]),
     "decoder-method-on-an-encoder": (["method=z_loss", "model=bert-tiny", "dataset=stdlib-docs-mlm"],
