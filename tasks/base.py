@@ -25,7 +25,7 @@ the run arrives in `BuildContext`, including trained models on demand (`ctx.trai
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -48,7 +48,6 @@ class BuildContext:
     # (role, changes to this task's arguments) -> that model trained and cached by the runner, in eval mode
     trained_model: TrainedModel | None = None
     load_model: Callable[[str], Any] | None = None  # a run dir, .ckpt, HF dir or model.pt -> that model, eval mode
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class TaskData:
