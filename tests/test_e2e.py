@@ -16,7 +16,7 @@ import pytest
 from runner.loggers import read_offline_run
 from tests.conftest import TINY, kill_at_checkpoint, run_cli, run_dirs
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 STEPS = 60
 BASE = [*TINY, f"trainer.max_steps={STEPS}", "trainer.val_every_n_steps=30", "trainer.checkpoint_every_n_steps=10",

@@ -20,7 +20,7 @@ import pytest
 from runner.config import group_options
 from tests.conftest import BASE, TINY, compose_cfg, dataset_for, run_cli
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 METHODS = group_options("method")
 STEPS = 4
 

@@ -264,7 +264,7 @@ def _history(run_dir: Path, key: str) -> dict[int, float]:
     return {h["trainer/global_step"]: h[key] for h in read_offline_run(run_dir)["history"] if key in h}
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_mlm_run_learns_and_reports_masked_metrics(e2e):
     run_dir = e2e["baseline"].result()
     s = _summary(run_dir)
@@ -291,7 +291,7 @@ def test_mlm_run_learns_and_reports_masked_metrics(e2e):
     assert "<mask>" in (tok / "tokenizer.json").read_text()
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_mlm_dry_run_plans_the_real_model(e2e):
     plan, run_dir = e2e["dry_run"].result(), e2e["baseline"].result()
     s = _summary(run_dir)
@@ -302,7 +302,7 @@ def test_mlm_dry_run_plans_the_real_model(e2e):
     assert plan["blocks"] == 2 and plan["bytes_per_gpu"]["activations (estimate)"] > 0
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_mlm_sigkill_then_resume_matches_uninterrupted(e2e):
     """Masks from (seed, micro-batch), dropout from the restored global RNG: the resumed curve is the same."""
     killed, before = e2e["resumed"].result()

@@ -155,7 +155,7 @@ def _cli(user, *args, runs_dir, check=True):
                    env={"PYTHONPATH": f"{code}:{REPO}"})
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_new_task_method_and_model_run_from_outside_the_repo(user, tmp_path):
     _cli(user, *RUN, runs_dir=tmp_path)
     (run_dir,) = run_dirs(tmp_path)
@@ -172,7 +172,7 @@ def test_a_new_task_method_and_model_run_from_outside_the_repo(user, tmp_path):
     assert any("train/loss" in row for row in wandb["history"])
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_the_plugins_are_checked_like_the_repos(user, tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 

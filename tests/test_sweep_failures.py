@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import TINY, run_cli
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 
 def test_failed_sweep_job_is_recorded_and_the_others_run(tmp_path):

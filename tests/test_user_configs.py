@@ -105,7 +105,7 @@ def cli(tmp_path_factory):
         return {k: (f.result(), root / k) for k, f in futures.items()}
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("case", ["config-dir", "searchpath"])
 def test_cli_runs_a_user_option(cli, case):
     proc, runs = cli[case]
@@ -113,7 +113,7 @@ def test_cli_runs_a_user_option(cli, case):
     assert _method_name(runs) == "mine"
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_cli_unknown_user_option_lists_the_user_options(cli):
     proc, _ = cli["misspelt"]
     assert proc.returncode == 2, proc.stderr

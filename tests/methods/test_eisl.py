@@ -239,7 +239,7 @@ def test_bad_generator_keys_are_one_line_config_errors():
 
 
 # -- end to end ------------------------------------------------------------------------------------
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_eisl_trains_through_the_runner_and_reports_bleu(tmp_path):
     run_cli("method=eisl", "model=t5-tiny", "dataset=noisy-copy", "dataset.generator.train_size=256",
             "dataset.generator.val_size=32", "dataset.batch_size=8", "trainer.max_steps=4",

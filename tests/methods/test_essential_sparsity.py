@@ -201,7 +201,7 @@ def _kill(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_finetune_is_a_logged_resumable_train_stage(tmp_path):
     """The uninterrupted run and the one killed (SIGKILL, after its step-2 checkpoint) run side by side on the
     cached base model (trained once, under a lock, if missing); the killed one resumes from its directory: the

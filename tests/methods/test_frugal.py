@@ -270,7 +270,7 @@ def test_state_dict_resume_equals_uninterrupted(kw):
 
 
 # -- through the runner --------------------------------------------------------------------------
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_runner_trains_resumes_exactly_and_plans_less_memory(tmp_path, capsys):
     args = [*TINY, "method=frugal", "method.update_gap=4", "trainer.max_steps=12", "trainer.checkpoint_every_n_steps=6",
             "trainer.val_every_n_steps=12", "logger=csv"]

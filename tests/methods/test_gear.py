@@ -204,7 +204,7 @@ def test_methods_take_the_papers_defaults_and_reject_bad_config():
         Gear(backend="cuda")
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_runner_evaluates_the_cache(tmp_path):
     """`python -m runner method=gear model.init_from=base`: no training, the cache metrics in summary.json."""
     run_cli("method=gear", *BASE, "logger=none", "method.buffer=16", "method.group_size=16", "method.new_tokens=8",
