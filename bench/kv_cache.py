@@ -12,15 +12,16 @@ compressed cache (methods/inference/kv_cache.py). Per configuration, in one run:
             positions, the full-precision window) and the compression ratio against an fp16 cache
 
 Configurations: KIVI (b bits, group G, residual R), GEAR-L (+ low-rank error, r at prefill / r_stream per
-chunk), GEAR (+ 2% outliers), both GEAR variants streamed in chunks of n_b = R tokens. The paper's claim:
-at equal bits b, GEAR is closer to lossless than KIVI. The paper's settings (G = 64, n_b = 64, head dim 128,
+chunk), GEAR (+ 2% outliers), both GEAR variants streamed in chunks of n_b = R tokens and built as
+`--construction` says (gear: the official code's rows, the method's default; per_head: each head alone).
+The paper's claim: at equal bits b, GEAR is closer to lossless than KIVI. The paper's settings (G = 64, n_b = 64, head dim 128,
 thousands of tokens) do not fit a 128-token model, so G and R / n_b are scaled down here (flags); the
 low-rank factors and outliers then cost more bits per element than at the paper's scale, which the bits
 column shows. `--backend triton` runs the kv_quant Triton kernels (CUDA, or the interpreter: slow).
 
     python bench/kv_cache.py [--bits 4,2] [--group-size 32] [--buffer 32] [--rank 4] [--stream-rank 2]
-                             [--outlier-ratio 0.02] [--prompts 16] [--new-tokens 32] [--prompt-len null]
-                             [--threads 1] [-- runner overrides, e.g. model.num_layers=2]
+                             [--outlier-ratio 0.02] [--construction gear] [--prompts 16] [--new-tokens 32]
+                             [--prompt-len null] [--threads 1] [-- runner overrides, e.g. model.num_layers=2]
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=4, help="GEAR: low-rank rank of the prefill chunk")
     ap.add_argument("--stream-rank", type=int, default=2, help="GEAR: rank of every streamed chunk")
     ap.add_argument("--outlier-ratio", type=float, default=0.02)
+    ap.add_argument("--construction", default="gear", choices=["gear", "per_head"], help="GEAR's chunk construction")
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--prompt-len", type=int, default=None, help="default: the model's context - new tokens")
     ap.add_argument("--new-tokens", type=int, default=32)
@@ -71,7 +73,7 @@ def main() -> None:
           f"loaded in {time.time() - t0:.0f} s\n")
 
     G, R, s = args.group_size, args.buffer, args.outlier_ratio
-    low_rank = dict(value_window="chunk", rank=args.rank, stream_rank=args.stream_rank)
+    low_rank = dict(value_window="chunk", rank=args.rank, stream_rank=args.stream_rank, construction=args.construction)
     rows = []
     for bits in (int(b) for b in args.bits.split(",")):
         kivi = None

@@ -11,7 +11,8 @@ arms of a comparison are trained by the same method class and evaluated the same
 - EMO vs CE (`--part emo`): the paper fine-tunes a pre-trained LM, so a base model is trained first with the
   baseline (`method=adamw`, `--base-steps`), then both arms continue from it (`model.init_from=<base run>`, the
   frozen cost embedding is the base model's lm_head) for `--finetune-steps` at `--finetune-lr`. With
-  `--base-steps 0` both start from scratch (and EMO's cost embedding is the random initialisation).
+  `--base-steps 0` both start from scratch (EMO's cost embedding is then the runner's cached base model's head;
+  `-- method.cost_embedding=model` gives the random initialisation's).
   Table: val perplexity, mean DEMD on validation tokens, distinct-1/2/3 and repetition (seq-rep-4) of sampled
   continuations of validation prompts, beside the same measures of the real continuations ("reference").
 - Loss-head cost (`--part speed`, no runner): forward + backward time and the largest tensor of each loss on

@@ -8,6 +8,12 @@ get their own zero point and step:
     code = clamp(floor((x - zero) / scale + 1/2), 0, 2^b - 1)               with the stored zero and scale
     x^   = code * scale + zero                                               (dequantize)
 
+Everything is computed in fp32, the codes from the zero and scale as stored, and ties round up
+(floor(v + 1/2)). KIVI's code (quant/new_pack.py) does each step in the cache's dtype (fp16: x - min and
+the division each rounded to fp16) and rounds ties to even (torch's round_); GEAR's simulated quantizer
+computes in fp32 from the unrounded zero and step, ties to even. Their codes differ from these by one
+level only where (x - zero) / scale lies within rounding error of a half-integer.
+
 A group whose elements are all equal has scale 0, code 0 and is restored exactly. Codes are packed
 32 / b to an int32 word along the last axis, code j in bits [b * (j mod 32/b), b * (j mod 32/b + 1)) of
 word j div (32/b) (the last word is padded with zeros), so a quantized (..., N) tensor stores

@@ -10,7 +10,11 @@ One-shot global magnitude pruning of a pre-trained model (the official `pruner.p
     -> sparsity exactly k/N, and every pruned |w| <= every kept |w| (one global threshold)
 
     N:M variant: in every group of M consecutive weights along a row (the input dimension), keep the
-    N of largest |w| (ties: the earlier one); the sparsity is 1 − N/M.
+    N of largest |w| (ties: the earlier one); the sparsity is 1 − N/M. N counts the kept weights, the
+    usual reading of "2:4" (NVIDIA's sparse tensor cores): the official `prune_n_m_sparsity(prune_n,
+    prune_m)` (assets/opt_sparseland/pruner.py, after Wanda's) takes N as the pruned ones. Both read 2:4
+    alike; `1:4` keeps 1 of 4 here (75% sparse) and prunes 1 of 4 there (25%): the official N:M is
+    `n_m=(M−N):M` here.
 
     optional fine-tuning with the mask m fixed (`finetune_steps` > 0), as a runner train stage (logged,
     checkpointed, resumable; stages compress -> train -> evaluate): `finetune_steps` AdamW steps (constant

@@ -31,6 +31,23 @@ layer, which keeps more than 1 − p of them).
 Defaults from the paper and its code: p = 0.2 (reported at 20%, 30%, 50%), WIFV, AL-AM, bias compensation,
 1024 calibration samples of 128 tokens (WikiText2 there; seeded training blocks here), seed 0.
 Needs multi-head attention (as many key/value heads as query heads), as the official code does.
+
+Where FLAP here departs from the official code (lib/layerwrapper.py `BiasGPT`, lib/prune.py `prune_flap`):
+  fluctuation   V_j above is the exact sample variance over every calibration token (fp64 shifted sums).
+                The official code keeps a running estimate, one calibration sample per update: the first
+                update contributes nothing (the estimate is set to 0 there); every later one, with m samples
+                seen before and b in the update, rescales it by (m − 1)/(m + b − 1) and adds
+                Σ_tokens (x − x̄)(x − x̄_old) / (m + b), x̄ the running mean after the update and x̄_old meant
+                as the one before but, the mean being updated in place, the same tensor as x̄. It counts
+                sequences, not tokens (V comes out ~ seq_len times larger, a factor the per-module
+                standardization removes). Close to the sample variance when the inputs are stationary over
+                the calibration set, never equal to it.
+  AL-AM cut     here the k best items (heads and channels) are kept whose summed weight is nearest to
+                (1 − p) of the total. The official code finds the position i of the sorted scores whose
+                inclusive cumulative weight is nearest, and keeps the scores strictly above the i-th: the
+                i items before it, one item (a head or a channel) fewer than here, and any item tied with
+                the i-th score goes too. Its head weight is 512/3 channels (4·head_dim/3 at head_dim 128);
+                here 4·head_dim/3 for any head_dim.
 """
 
 from __future__ import annotations

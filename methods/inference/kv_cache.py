@@ -4,21 +4,50 @@
 subclass), so any causal LM generates with them unchanged.
 
 KIVI stores keys quantized per channel (each channel's groups of G consecutive tokens share a zero and a
-step) and values per token (each token's groups of G consecutive channels), b bits, with the most recent
-tokens kept in full precision: keys wait in the window until R of them can be quantized together,
-values leave it one at a time, so the R newest values stay exact.
+step) and values per token (each token's groups of G consecutive channels of one head, as KIVI's code
+quantizes every head on its own), b bits, with the most recent tokens kept in full precision: keys wait in
+the window until R of them can be quantized together, values leave it one at a time, so the R newest
+values stay exact.
 
-GEAR (its version on KIVI's quantizer) compresses each chunk X (n x d per batch row and head; keys in
-channel layout, values in token layout) as X~ = D^ + L + S:
+The quantizer (kernels/kv_quant) computes the codes in fp32 from the zero and step as stored (rounded
+to `store_dtype`), code = clamp(floor((x - zero) / step + 1/2), 0, 2^b - 1): ties round up. KIVI's code
+(quant/new_pack.py) does the same steps in the cache's dtype, fp16, each of x - min and the division
+rounded to fp16, and rounds with torch's round: ties to even. The codes differ only for entries within
+an fp16 rounding of a point halfway between two levels.
 
-    S  = Filter_s(X)       the ceil(s/2 * n d) largest and ceil(s/2 * n d) smallest entries of X, kept exact
-                           (fp16 values + int32 positions); X~ = X there
-    D^ = Quant_b(X - S)    group-wise quantization as KIVI's, the outlier positions filled with their
-                           group's mean so that they widen no group's range
-    L  = Q P^T             rank r approximation of the error R = X - D^ (0 at the outliers) by power
-                           iteration: P0 Gaussian (d x r), `power_iters` rounds Q = R P, P = R^T Q with QR
-                           orthonormalisation in the last, so L = Q Q^T R is a projection of R and
-                           ||R - L|| <= ||R|| (its span grows with r: the first r columns of one draw)
+GEAR (its version on KIVI's quantizer) compresses each chunk X (B x H x n x d: n tokens) as
+X~ = D^ + S + L. `construction` says how; the default, "gear", follows the official code
+(GenerationBench/GEARLM/Simulated/compress_function.py, `gearslkivi_channelQ_new` / `gearslkivi_tokenQ_new`):
+
+    rows   keys: one row per channel (n entries: the channel over the chunk's tokens), groups of G tokens;
+           values: one row per token with the H heads side by side (H d entries), groups of G consecutive
+           channels across the heads (a group spans heads where d < G)
+    S      in every row, the k largest and the k smallest entries, kept (fp16 values + int32 positions), with
+           k = int(int(s B H n d) / B / n / 2) = int(s H d / 2) for keys and values alike (the official
+           count: s of a token's H d entries; a key row has n entries, so keys keep 2k/n of their entries,
+           6.25% at s = 2%, H d = 256, n = 64, against s for values); k <= half a row
+    D^     Quant_b of the rows with the outlier positions filled with their row's mean (taken over the
+           whole row, outliers included); D^ + S: the kept outlier values written back over it
+    L      Q P^T, rank r approximation of the error R = X - (D^ + S) (0 at the outliers, up to their
+           storage rounding) of each head in token layout (n x d, keys and values alike), by power
+           iteration: P0 Gaussian (d x r), `power_iters` rounds Q = R P, P = R^T Q with QR
+           orthonormalisation in the last, so L = Q Q^T R is a projection of R and ||R - L|| <= ||R|| (its
+           span grows with r: the first r columns of one draw)
+    X~     (D^ + S) + L everywhere, the outliers included (L is added on top of the restored outliers)
+
+`construction=per_head` (this project's first reading of the paper, kept as an option): each head's chunk
+is one n x d matrix (keys in channel layout d x n, values in token layout with groups within the head);
+S = its ceil(s/2 n d) largest and ceil(s/2 n d) smallest entries, filled with the mean of the other
+entries of their quantization group (so they widen no group's range); L approximates the error in the
+quantization layout; X~ = D^ + L with the outliers then written over it, so X~ = X there exactly.
+
+Where "gear" still departs from the official code: its quantizer (`..._cluster`) divides the range into
+`quantize_bit ** 2 - 1` steps, which is 2^b - 1 only at b = 2 and 4 (b = 8 would get 63 steps, b = 1
+none); here always 2^b - 1. It computes zero and step in fp32 and rounds ties to even; here as above
+(`store_dtype` zero and step). Its keys leave the n mod G tokens past the last whole group unquantized,
+and its values need G to divide H d; here a shorter last group is quantized with its own zero and step
+(the same where G divides n_b and H d, as in the defaults). Its power iteration starts from an unseeded
+uniform draw; here a seeded Gaussian.
 
 Streaming: new tokens wait in a full-precision buffer of n_b tokens; whenever it is full the
 whole buffer is compressed as one chunk (rank `stream_rank`); the prefill compresses floor(T / n_b) n_b
@@ -54,12 +83,14 @@ from methods.base import Method
 log = logging.getLogger(__name__)
 STORE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 VALUE_WINDOWS = ("sliding", "chunk")
+CONSTRUCTIONS = ("gear", "per_head")  # gear: the official GEAR code's rows across heads; per_head: each head alone
 AXES = ("channel", "token")  # keys: groups along tokens, per channel; values: groups along channels, per token
 
 
 @dataclass(frozen=True)
 class KVCompression:
-    """How a KV cache is compressed. The defaults are plain KIVI."""
+    """How a KV cache is compressed. The defaults are plain KIVI (every head quantized on its own); GEAR
+    (`Gear`) takes construction="gear"."""
 
     bits: int = 2
     group_size: int = 32
@@ -71,6 +102,7 @@ class KVCompression:
     power_iters: int = 3
     store_dtype: torch.dtype = torch.float16  # everything kept in floating point
     seed: int = 0  # power-iteration start
+    construction: str = "per_head"  # gear | per_head: how chunks are laid out into rows (module docstring)
 
     def __post_init__(self):
         problems = []
@@ -88,6 +120,8 @@ class KVCompression:
         elif self.value_window == "sliding" and (self.rank or self.stream_rank or self.outlier_ratio):
             problems.append("value_window: sliding quantizes values one token at a time: it takes rank=0, "
                             "stream_rank=0, outlier_ratio=0 (use value_window=chunk for GEAR)")
+        if self.construction not in CONSTRUCTIONS:
+            problems.append(f"construction: must be one of {', '.join(CONSTRUCTIONS)}, got {self.construction!r}")
         if self.store_dtype not in STORE_DTYPES.values():
             problems.append(f"store_dtype: must be one of {', '.join(STORE_DTYPES)}, got {self.store_dtype}")
         if problems:
@@ -95,38 +129,61 @@ class KVCompression:
 
 
 def n_outliers(numel: int, ratio: float) -> int:
-    """Outliers kept on each side (largest, smallest) of a matrix of `numel` entries."""
+    """construction=per_head: outliers kept on each side (largest, smallest) of a matrix of `numel` entries."""
     return min(math.ceil(ratio * numel / 2), numel // 2) if ratio > 0 else 0
+
+
+def gear_outliers_per_row(shape: torch.Size, ratio: float, row_length: int) -> int:
+    """construction=gear: outliers kept on each side of every row of a (B, H, n, d) chunk, the official
+    count int(int(s B H n d) / B / n / 2) (at most half a row)."""
+    if ratio <= 0:
+        return 0
+    batch, _, tokens, _ = shape
+    return min(int(int(math.prod(shape) * ratio) / batch / tokens / 2), row_length // 2)
 
 
 # ------------------------------------------------------------------------------------------------ one chunk
 @dataclass
 class CompressedChunk:
-    """One compressed K or V chunk (B, H, n, d), held in its quantization layout (rows, cols) = (d, n) for
-    keys (axis "channel") and (n, d) for values ("token"), groups along cols."""
+    """One compressed K or V chunk (B, H, n, d), held in its quantization layout (rows, cols), groups along
+    cols: (B, H, d, n) for keys (axis "channel"); (B, H, n, d) for values ("token"), or (B, n, H d) where
+    `heads` is set (construction=gear: a token's heads side by side)."""
 
     axis: str
-    quantized: QuantizedTensor  # (B, H, rows, cols)
+    quantized: QuantizedTensor  # (B, H, rows, cols) or (B, n, H d)
     quantizer: KVQuantizer = field(repr=False)
-    factors: tuple[torch.Tensor, torch.Tensor] | None = None  # Q (B, H, rows, r), P (B, H, cols, r)
-    outlier_index: torch.Tensor | None = None  # (B, H, 2k) int32 positions in the flattened rows x cols
-    outlier_value: torch.Tensor | None = None  # (B, H, 2k)
+    factors: tuple[torch.Tensor, torch.Tensor] | None = None  # Q, P: L = Q P^T (per_head: (.., rows, r), (.., cols, r); gear: (B, H, n, r), (B, H, d, r))
+    outlier_index: torch.Tensor | None = None  # (..., m) int32 positions in the flattened rows x cols of the layout
+    outlier_value: torch.Tensor | None = None  # (..., m)
+    construction: str = "per_head"
+    heads: int | None = None  # values of construction=gear: the quantization layout is (B, n, H d)
 
     @property
     def tokens(self) -> int:
         q = self.quantized
         return q.length if self.axis == "channel" else q.codes.shape[-2]
 
+    def _natural(self, x: torch.Tensor) -> torch.Tensor:
+        """The quantization layout back to (B, H, n, d)."""
+        if self.axis == "channel":
+            return x.transpose(-1, -2)
+        if self.heads is not None:
+            return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+        return x
+
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """X~ = D^ + L, with S's entries put back: (B, H, n, d)."""
+        """X~ (B, H, n, d): gear: D^ with S's entries put back, plus L; per_head: D^ + L, then S's entries."""
         x = self.quantizer.dequantize(self.quantized, torch.float32)
-        if self.factors is not None:
-            q, p = self.factors
-            x = x + q.float() @ p.float().transpose(-1, -2)
+        lowrank = None if self.factors is None else self.factors[0].float() @ self.factors[1].float().transpose(-1, -2)
+        if lowrank is not None and self.construction == "per_head":
+            x = x + lowrank
         if self.outlier_index is not None:
             shape = x.shape
             x = x.flatten(-2).scatter(-1, self.outlier_index.long(), self.outlier_value.float()).reshape(shape)
-        return (x.transpose(-1, -2) if self.axis == "channel" else x).to(dtype)
+        x = self._natural(x)
+        if lowrank is not None and self.construction == "gear":
+            x = x + lowrank
+        return x.to(dtype)
 
     def stored_bits(self) -> int:
         bits = self.quantized.stored_bits()
@@ -138,7 +195,7 @@ class CompressedChunk:
     def append_tokens(self, other: CompressedChunk) -> CompressedChunk:
         """Plain token-layout chunks concatenate along tokens (their groups never cross tokens)."""
         if self.axis != "token" or other.axis != "token" or self.factors or other.factors \
-                or self.outlier_index is not None or other.outlier_index is not None:
+                or self.outlier_index is not None or other.outlier_index is not None or self.heads != other.heads:
             raise ValueError("only plain per-token chunks concatenate")
         a, b = self.quantized, other.quantized
         return replace(self, quantized=replace(a, codes=torch.cat([a.codes, b.codes], -2),
@@ -177,9 +234,47 @@ def power_iteration(err: torch.Tensor, rank: int, iters: int, seed: int) -> tupl
 
 
 def compress(x: torch.Tensor, axis: str, spec: KVCompression, rank: int, quantizer: KVQuantizer) -> CompressedChunk:
-    """GEAR's X~ = D^ + L + S of one chunk x (B, H, n, d); rank 0 and outlier_ratio 0 give KIVI's D^ alone."""
+    """GEAR's X~ = D^ + S + L of one chunk x (B, H, n, d), built as `spec.construction` says; rank 0 and
+    outlier_ratio 0 give the plain quantizer's D^ alone (per_head: KIVI's)."""
     if axis not in AXES:
         raise ValueError(f"axis must be one of {AXES}, got {axis!r}")
+    if spec.construction == "gear":
+        return _compress_gear(x, axis, spec, rank, quantizer)
+    return _compress_per_head(x, axis, spec, rank, quantizer)
+
+
+def _compress_gear(x: torch.Tensor, axis: str, spec: KVCompression, rank: int, quantizer: KVQuantizer
+                   ) -> CompressedChunk:
+    """The official construction: rows per key channel / per token across heads, k outliers a side per row
+    filled with the row's mean, L of the error per head (n x d) added on top of everything."""
+    B, H, n, d = x.shape
+    xf = x.float()
+    if axis == "channel":
+        w, heads = xf.transpose(-1, -2), None  # (B, H, d, n): a row per channel (heads apart or not: the same)
+    else:
+        w, heads = xf.transpose(1, 2).reshape(B, n, H * d), H  # (B, n, H d): a row per token, heads side by side
+    rows, cols = w.shape[-2:]
+    k = gear_outliers_per_row(x.shape, spec.outlier_ratio, cols)
+    index = value = None
+    w_q = w
+    if k:
+        at = torch.cat([w.topk(k, -1).indices, w.topk(k, -1, largest=False).indices], -1)  # (..., rows, 2k)
+        value = w.gather(-1, at).flatten(-2).to(spec.store_dtype)
+        w_q = w.scatter(-1, at, w.mean(-1, keepdim=True).expand_as(at))  # the row mean, outliers included
+        index = (at + torch.arange(rows, device=w.device)[:, None] * cols).flatten(-2).to(torch.int32)
+    quantized = quantizer(w_q, spec.bits, spec.group_size, scale_dtype=spec.store_dtype)
+    chunk = CompressedChunk(axis, quantized, quantizer, None, index, value, "gear", heads)
+    r = min(rank, n, d)
+    if r:
+        err = xf - chunk.dequantize(torch.float32)  # D^ with the outliers put back: ~0 there
+        q, p = power_iteration(err, r, spec.power_iters, spec.seed)  # per head, token layout (n x d)
+        chunk.factors = (q.to(spec.store_dtype), p.to(spec.store_dtype))
+    return chunk
+
+
+def _compress_per_head(x: torch.Tensor, axis: str, spec: KVCompression, rank: int, quantizer: KVQuantizer
+                       ) -> CompressedChunk:
+    """Each head's n x d chunk alone: its extremes, group-mean filled, kept exact over D^ + L."""
     w = (x.transpose(-1, -2) if axis == "channel" else x).float()  # groups along the last axis
     rows, cols = w.shape[-2:]
     k = n_outliers(rows * cols, spec.outlier_ratio)
@@ -425,7 +520,8 @@ def _spec(name: str, **kw) -> KVCompression:
 
 
 class Kivi(KVCacheMethod):
-    """KIVI: keys per channel, values per token, b bits in groups of G, R newest tokens in full precision."""
+    """KIVI: keys per channel, values per token (groups within a head), b bits in groups of G, R newest
+    tokens in full precision."""
 
     def __init__(self, name: str = "kivi", lr: float = 3e-3, betas: tuple[float, float] = (0.9, 0.95),
                  eps: float = 1e-8, weight_decay: float = 0.1, warmup_steps: int = 20, min_lr_ratio: float = 0.1,
@@ -433,22 +529,23 @@ class Kivi(KVCacheMethod):
                  backend: str | None = None, n_prompts: int = 4, prompt_len: int | None = None,
                  new_tokens: int = 32, seed: int = 0):
         spec = _spec(name, bits=bits, group_size=group_size, buffer=residual_length, value_window="sliding",
-                     store_dtype=_store_dtype(name, store_dtype), seed=seed)
+                     construction="per_head", store_dtype=_store_dtype(name, store_dtype), seed=seed)
         super().__init__(spec, name, lr, betas, eps, weight_decay, warmup_steps, min_lr_ratio, backend, n_prompts,
                          prompt_len, new_tokens, seed)
 
 
 class Gear(KVCacheMethod):
-    """GEAR: KIVI-style quantization + low-rank error + sparse outliers, streamed in chunks of n_b tokens."""
+    """GEAR: KIVI-style quantization + low-rank error + sparse outliers, streamed in chunks of n_b tokens;
+    `construction`: gear (the official code's, the default) or per_head (see the module docstring)."""
 
     def __init__(self, name: str = "gear", lr: float = 3e-3, betas: tuple[float, float] = (0.9, 0.95),
                  eps: float = 1e-8, weight_decay: float = 0.1, warmup_steps: int = 20, min_lr_ratio: float = 0.1,
                  bits: int = 2, group_size: int = 64, buffer: int = 64, rank: int = 4, stream_rank: int = 2,
-                 outlier_ratio: float = 0.02, power_iters: int = 3, store_dtype: str = "float16",
-                 backend: str | None = None, n_prompts: int = 4, prompt_len: int | None = None,
-                 new_tokens: int = 32, seed: int = 0):
+                 outlier_ratio: float = 0.02, power_iters: int = 3, construction: str = "gear",
+                 store_dtype: str = "float16", backend: str | None = None, n_prompts: int = 4,
+                 prompt_len: int | None = None, new_tokens: int = 32, seed: int = 0):
         spec = _spec(name, bits=bits, group_size=group_size, buffer=buffer, value_window="chunk", rank=rank,
                      stream_rank=stream_rank, outlier_ratio=float(outlier_ratio), power_iters=power_iters,
-                     store_dtype=_store_dtype(name, store_dtype), seed=seed)
+                     construction=construction, store_dtype=_store_dtype(name, store_dtype), seed=seed)
         super().__init__(spec, name, lr, betas, eps, weight_decay, warmup_steps, min_lr_ratio, backend, n_prompts,
                          prompt_len, new_tokens, seed)

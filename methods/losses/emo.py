@@ -1,11 +1,17 @@
 """EMO: Earth Mover Distance Optimization for Auto-Regressive Language Modeling
 (Ren, Wu & Zhu, arXiv:2310.04691).
 
-Transport cost between tokens: c(v_i, v_j) = 1 − e_iᵀe_j, with e_i the rows of a frozen copy of the output
-embeddings, each L2-normalised; the copy is taken when the run starts (from the loaded model with
-model.init_from, as the official code copies the pre-trained lm_head; at initialisation otherwise). For the
-one-hot target y, the earth mover's distance between the model's Q_θ(·|ctx) and the data is bounded above by
-the differentiable DEMD:
+Transport cost between tokens: c(v_i, v_j) = 1 − e_iᵀe_j, with e_i the rows of a frozen copy of trained
+output embeddings, each L2-normalised, taken when the run starts. The official code always copies a
+pre-trained lm_head (it fine-tunes pre-trained LMs), never a random one: with random rows in d dimensions
+e_iᵀe_y ≈ 0 for i ≠ y (± 1/√d), so DEMD ≈ 1 − Q_θ(y|ctx) and carries no similarity at all. So
+`cost_embedding` = auto (the default) copies the starting model's own head where the run starts from one
+(model.init_from set: `base`, a run, HF weights; emo.yaml hands it in as `model_init_from`) and, where it
+trains from scratch (model.init_from null), the head of the
+runner's cached base model (`Method.trained_model`: the baseline trained `base_steps` steps on the run's
+model and task, trained once first if not cached); `base` always the latter, `model` always the former
+(from scratch: the random initialisation, the behaviour before auto). For the one-hot target y, the earth
+mover's distance between the model's Q_θ(·|ctx) and the data is bounded above by the differentiable DEMD:
 
     DEMD = Σ_i Q_θ(v_i|ctx) · c(v_i, y) = 1 − (Σ_i Q_θ(v_i|ctx) e_i)ᵀ e_y  ∈ [0, 2]
 
@@ -23,13 +29,15 @@ Memory: Σ_i Q_i e_iᵀe_y is accumulated over vocabulary chunks with an online 
 weighted sum); backward recomputes each chunk from the saved log-sum-exp. It holds N×chunk buffers, never
 N×V, besides what the cross-entropy kernel itself needs (hardware.kernels.cross_entropy).
 
-Defaults from the paper's code: the frozen cost embedding, the ½ mix above, the 1e-10 guard. Evaluation
+Defaults from the paper's code: the frozen, trained cost embedding, the ½ mix above, the 1e-10 guard. Evaluation
 (MAUVE in the paper) is replaced by distinct-n and repetition of sampled continuations of validation
 prompts (unbiased sampling, the official `decoding_mode=unbiased`), beside the same measures of the real
 continuations, and the mean DEMD on validation tokens.
 """
 
 from __future__ import annotations
+
+import logging
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +47,9 @@ from kernels.cross_entropy.reference import vocab_chunk
 from methods.base import Method
 
 OBJECTIVES = ("emo", "cross_entropy")
+COST_SOURCES = ("auto", "base", "model")  # where the cost embedding is copied from (module docstring)
 DECODINGS = ("sample", "greedy")
+log = logging.getLogger(__name__)
 COST_BUFFER = "emo_cost_embedding"  # the frozen, row-normalised copy of the output embeddings (not saved)
 GUARD = 1e-10  # the official code's guard on CE / DEMD
 
@@ -175,9 +185,11 @@ class EMO(Method):
                  eps: float = 1e-8, weight_decay: float = 0.1, warmup_steps: int = 20, min_lr_ratio: float = 0.1,
                  objective: str = "emo", chunk_size: int | None = None, eval_tokens: int = 8192,
                  eval_prompts: int = 16, prompt_tokens: int = 16, new_tokens: int = 48, decoding: str = "sample",
-                 eval_seed: int = 0):
+                 eval_seed: int = 0, cost_embedding: str = "auto", model_init_from: str | None = None):
         super().__init__(name, lr, betas, eps, weight_decay, warmup_steps, min_lr_ratio)
         self.objective, self.decoding = objective, decoding
+        self.cost_embedding = cost_embedding
+        self.model_init_from = None if model_init_from in (None, "") else str(model_init_from)
         self.chunk_size = None if chunk_size is None else int(chunk_size)
         self.eval_tokens, self.eval_prompts = int(eval_tokens), int(eval_prompts)
         self.prompt_tokens, self.new_tokens, self.eval_seed = int(prompt_tokens), int(new_tokens), int(eval_seed)
@@ -186,6 +198,8 @@ class EMO(Method):
             problems.append(f"objective {objective!r} is not one of {', '.join(OBJECTIVES)}")
         if decoding not in DECODINGS:
             problems.append(f"decoding {decoding!r} is not one of {', '.join(DECODINGS)}")
+        if cost_embedding not in COST_SOURCES:
+            problems.append(f"cost_embedding {cost_embedding!r} is not one of {', '.join(COST_SOURCES)}")
         if self.chunk_size is not None and self.chunk_size < 1:
             problems.append(f"chunk_size must be >= 1 or null, got {chunk_size}")
         for key in ("eval_tokens", "eval_prompts", "prompt_tokens", "new_tokens"):
@@ -194,8 +208,27 @@ class EMO(Method):
         if problems:
             raise ValueError("emo: " + "; ".join(problems))
 
+    @property
+    def cost_source(self) -> str:
+        """'base' (the runner's cached base model's head) or 'model' (the starting model's own head)."""
+        if self.cost_embedding != "auto":
+            return self.cost_embedding
+        return "base" if self.model_init_from is None else "model"
+
     def prepare_model(self, model: nn.Module) -> nn.Module:
-        model.register_buffer(COST_BUFFER, cost_embedding(model.get_output_embeddings().weight), persistent=False)
+        head = model.get_output_embeddings().weight
+        source = head
+        if self.cost_source == "base":
+            if self.trained_model is None:
+                raise RuntimeError("emo: the cost embedding is the cached base model's head (cost_embedding="
+                                   f"{self.cost_embedding}, training from scratch), and no runner provides that model "
+                                   "here; give cost_embedding=model to use this model's own head")
+            source = self.trained_model("base").get_output_embeddings().weight
+            if source.shape != head.shape:
+                raise ValueError(f"emo: the base model's head is {tuple(source.shape)}, this model's "
+                                 f"{tuple(head.shape)}; give cost_embedding=model")
+            log.info("emo: cost embedding from the cached base model's head (the run starts from scratch)")
+        model.register_buffer(COST_BUFFER, cost_embedding(source).to(head.device), persistent=False)
         return model
 
     def loss(self, module, batch: torch.Tensor) -> torch.Tensor:

@@ -61,6 +61,15 @@ def test_round_to_nearest_error_bound(bits, shape, group):
     assert torch.equal(q.zero, lows)
 
 
+def test_ties_round_up():
+    """The documented rounding (module docstring): floor(v + 1/2) in fp32, so a value halfway between two
+    levels takes the upper one (KIVI's and GEAR's torch.round takes the even one)."""
+    x = torch.tensor([[0.0, 0.5, 1.5, 2.5, 3.0]])  # one group, step 1 at 2 bits: 0.5, 1.5, 2.5 are ties
+    q = ref.quantize(x, 2, 8, scale_dtype=torch.float32)
+    assert ref.dequantize(q).tolist() == [[0.0, 1.0, 2.0, 3.0, 3.0]]
+    assert torch.round(x).tolist() == [[0.0, 0.0, 2.0, 2.0, 3.0]]  # ties to even: 0.5 -> 0, 2.5 -> 2
+
+
 def test_constant_groups_are_exact_and_storage_is_counted():
     x = torch.full((4, 10), 1.25)
     x[1] = -3.0

@@ -65,7 +65,7 @@ def test_method_loss_equals_the_runner_cross_entropy():
     from methods.module import MethodModule
 
     model = llama()
-    method = EMO()
+    method = EMO(cost_embedding="model")
     model = method.prepare_model(model)
     module = MethodModule(model, method)
     batch = torch.randint(0, 64, (4, 17), generator=gen(3))
@@ -182,7 +182,7 @@ def test_chunked_demd_never_forms_n_by_v():
 # -- the method ---------------------------------------------------------------------------------------
 def test_cost_embedding_is_a_frozen_unsaved_unit_row_copy():
     model = llama()
-    model = EMO().prepare_model(model)
+    model = EMO(cost_embedding="model").prepare_model(model)
     cost = getattr(model, COST_BUFFER)
     assert torch.allclose(cost.norm(dim=1), torch.ones(len(cost)))
     assert torch.allclose(cost, F.normalize(model.lm_head.weight.detach(), dim=1))
@@ -193,6 +193,98 @@ def test_cost_embedding_is_a_frozen_unsaved_unit_row_copy():
     llama().load_state_dict(model.state_dict())
 
 
+class BaseModels:
+    """A stand-in for the runner's `Method.trained_model`: role -> a model, calls recorded."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, []
+
+    def __call__(self, role="base", changes=None):
+        self.calls.append(role)
+        return self.model
+
+
+@pytest.mark.parametrize("init_from,cost,source", [
+    (None, "auto", "base"),         # from scratch: the cached base model's head (the official code: a trained head)
+    ("base", "auto", "model"),      # the run starts from a trained model: its own head
+    ("/runs/x/checkpoints/last.ckpt", "auto", "model"),
+    (None, "model", "model"),       # the option: this model's own head, even from scratch (random)
+    ("hf://gpt2", "base", "base"),
+])
+def test_cost_embedding_comes_from_a_trained_head(init_from, cost, source):
+    model, trained = llama(seed=0), llama(seed=1)  # `trained` stands for the cached base model
+    method = EMO(cost_embedding=cost, model_init_from=init_from)
+    method.trained_model = provider = BaseModels(trained)
+    assert method.cost_source == source
+    own = F.normalize(model.lm_head.weight.detach(), dim=1)
+    got = getattr(method.prepare_model(model), COST_BUFFER)
+    want = F.normalize((trained if source == "base" else model).lm_head.weight.detach(), dim=1)
+    assert torch.allclose(got, want) and not torch.allclose(own, F.normalize(trained.lm_head.weight.detach(), dim=1))
+    assert provider.calls == (["base"] if source == "base" else [])
+
+
+def test_cost_embedding_from_scratch_needs_the_runners_base_model():
+    with pytest.raises(RuntimeError, match="give cost_embedding=model"):
+        EMO().prepare_model(llama())  # no runner, so no cached base model to copy
+    method = EMO()
+    method.trained_model = BaseModels(llama(vocab=80))
+    with pytest.raises(ValueError, match=r"base model's head is \(80, 32\), this model's \(64, 32\)"):
+        method.prepare_model(llama())
+    with pytest.raises(ValueError, match="cost_embedding 'random' is not one of auto, base, model"):
+        EMO(cost_embedding="random")
+
+
+def test_the_config_hands_emo_the_runs_init_from():
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose_cfg
+
+    assert instantiate(compose_cfg(["method=emo"]).method).model_init_from is None
+    method = instantiate(compose_cfg(["method=emo", "model.init_from=base"]).method)
+    assert (method.model_init_from, method.cost_source) == ("base", "model")
+
+
+@pytest.mark.e2e
+def test_runner_from_scratch_copies_the_cached_base_models_head(base_lm, tmp_path, monkeypatch):
+    """`python -m runner method=emo` with model.init_from unset: the cost embedding is the head of the same
+    cached base model `model.init_from=base` would load (the `base_lm` fixture's), not the random init's."""
+    import torch.random
+
+    from runner.train import run
+    from tests.conftest import TINY, compose_cfg
+
+    seen = []
+    original = EMO.prepare_model
+
+    def recording(self, model):
+        out = original(self, model)
+        seen.append((getattr(out, COST_BUFFER).clone(), out.lm_head.weight.detach().clone()))
+        return out
+
+    monkeypatch.setattr(EMO, "prepare_model", recording)
+    cfg = compose_cfg(["method=emo", *TINY, "base_steps=300", "trainer.max_steps=0", "logger=none",
+                       "method.eval_prompts=2", "method.new_tokens=4", "method.eval_tokens=64",
+                       f"paths.runs_dir={tmp_path}"])
+    with torch.random.fork_rng():
+        run(cfg, run_dir=tmp_path / "run")
+    (cost, own_head), = seen
+    base_head = base_lm[0].get_output_embeddings().weight.detach()
+    assert torch.allclose(cost, F.normalize(base_head.float(), dim=1))
+    assert not torch.allclose(cost, F.normalize(own_head.float(), dim=1))
+
+def test_random_unit_rows_reduce_demd_to_one_minus_the_target_probability():
+    """Why the cost embedding must be trained: near-orthogonal random rows (d = 256) make every other token
+    cost ~1, so DEMD ~ 1 − Q(y) and the cost carries no similarity (measured here: 0.010 apart on average,
+    0.095 at most, where 1 − Q(y) spans 0.71 to 1)."""
+    g = gen(12)
+    V, n = 500, 256
+    cost = unit_rows(V, 256, seed=13)
+    logits = 2 * torch.randn(n, V, generator=g)
+    t = torch.randint(0, V, (n,), generator=g)
+    q_y = torch.softmax(logits, -1).gather(1, t[:, None]).squeeze(1)
+    gap = (on_logits(logits, t, cost) - (1 - q_y)).abs()
+    assert gap.mean() < 0.02 and gap.max() < 0.15
+
 def test_distinct_and_repetition():
     assert distinct_n([[1, 2, 1, 2]], 1) == 0.5
     assert distinct_n([[1, 2, 1, 2]], 2) == pytest.approx(2 / 3)
@@ -202,7 +294,7 @@ def test_distinct_and_repetition():
 
 
 def test_evaluate_is_seeded_and_measures_samples_and_references():
-    model = EMO().prepare_model(llama())
+    model = EMO(cost_embedding="model").prepare_model(llama())
     blocks = torch.randint(0, 64, (12, 33), generator=gen(11))
     method = EMO(eval_prompts=4, prompt_tokens=8, new_tokens=100, eval_tokens=64)
     first, second = method.evaluate(model, ValData(blocks)), method.evaluate(model, ValData(blocks))

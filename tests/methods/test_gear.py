@@ -1,10 +1,12 @@
-"""GEAR and KIVI (methods/inference/kv_cache.py): the decomposition X~ = D^ + L + S of one chunk, the
-streaming compressed cache, its memory accounting, and generation through it on the trained tiny model."""
+"""GEAR and KIVI (methods/inference/kv_cache.py): the decomposition X~ = D^ + L + S of one chunk in both
+constructions (gear: against an independent reading of the official code; per_head), the streaming
+compressed cache, its memory accounting, and generation through it on the trained tiny model."""
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -102,6 +104,103 @@ def test_outliers_are_exactly_the_extreme_entries(axis):
     assert torch.equal(restored.gather(-1, expected), flat.gather(-1, expected))  # kept exact
 
 
+# ------------------------------------------------------------------------- the official construction
+def official_gear(x: torch.Tensor, axis: str, bits: int, group_size: int, ratio: float) -> torch.Tensor:
+    """An independent reading of the official GEAR code's D^ + S (`gears_channelQ` / `gears_tokenQ`, with
+    2^b - 1 levels): rows per key channel over the tokens, or per token with the heads side by side; in every
+    row the int(s H d / 2) largest and smallest entries set to the row's mean, the rows quantized in groups of
+    G (keys: G tokens; values: G channels, across heads), the outliers put back. fp32, round-half-even."""
+    B, H, n, d = x.shape
+    rows = x.permute(0, 1, 3, 2).reshape(B, H * d, n) if axis == "channel" else x.permute(0, 2, 1, 3).reshape(B, n, H * d)
+    k = int(int(x.numel() * ratio) / B / n / 2)
+    low, high = rows.topk(k, -1, largest=False), rows.topk(k, -1)
+    filled = rows.clone()
+    mean = rows.mean(-1, keepdim=True).expand_as(rows)
+    filled.scatter_(-1, low.indices, mean.gather(-1, low.indices))
+    filled.scatter_(-1, high.indices, mean.gather(-1, high.indices))
+    groups = filled.unflatten(-1, (-1, group_size))
+    lo, hi = groups.amin(-1, keepdim=True), groups.amax(-1, keepdim=True)
+    scale = (hi - lo) / (2**bits - 1)
+    out = (((groups - lo) / scale).relu().round() * scale + lo).flatten(-2)
+    out.scatter_(-1, low.indices, low.values)
+    out.scatter_(-1, high.indices, high.values)
+    if axis == "channel":
+        return out.reshape(B, H, d, n).permute(0, 1, 3, 2)
+    return out.reshape(B, n, H, d).permute(0, 2, 1, 3)
+
+
+GEAR_F32 = dict(bits=2, group_size=16, value_window="chunk", store_dtype=torch.float32)
+
+
+@pytest.mark.parametrize("axis", ["channel", "token"])
+def test_gear_construction_is_the_official_codes(axis):
+    """Rank 0: construction=gear equals the official D^ + S to fp32 rounding; head_dim 8 < G = 16, so value
+    groups span two heads. The per-head construction (the old default) is another function."""
+    x = heavy_tailed((2, 4, 32, 8), seed=5)
+    spec = KVCompression(**GEAR_F32, outlier_ratio=0.25, construction="gear")
+    chunk = compress(x, axis, spec, 0, QUANT)
+    want = official_gear(x, axis, 2, 16, 0.25)
+    torch.testing.assert_close(chunk.dequantize(), want, atol=1e-5, rtol=0)
+    k = int(0.25 * 4 * 8 / 2)  # 4 a side per row: keys 8 of a channel's 32 tokens, values 8 of a token's 32
+    rows = 4 * 8 if axis == "channel" else 32
+    assert chunk.outlier_index.shape == ((2, 4, 8 * 2 * k) if axis == "channel" else (2, 32 * 2 * k))
+    assert chunk.outlier_value.numel() == 2 * rows * 2 * k
+    if axis == "token":
+        assert chunk.quantized.scale.shape == (2, 32, 2)  # a token's 4 x 8 channels in 2 groups of 16
+    old = compress(x, axis, replace(spec, construction="per_head"), 0, QUANT).dequantize()
+    assert (old - want).abs().max() > 0.1
+
+
+@pytest.mark.parametrize("axis", ["channel", "token"])
+def test_gear_low_rank_is_added_on_top_of_the_restored_outliers(axis):
+    """X~ = (D^ + S) + Q P^T, Q P^T the power iteration of X - (D^ + S) per head (n x d): the outliers move by
+    L too (per_head keeps them exact)."""
+    x = heavy_tailed((1, 4, 32, 8), seed=6)
+    spec = KVCompression(**GEAR_F32, outlier_ratio=0.25, construction="gear")
+    base = compress(x, axis, spec, 0, QUANT).dequantize()
+    chunk = compress(x, axis, spec, 3, QUANT)
+    q, p = power_iteration(x - base, 3, spec.power_iters, spec.seed)
+    torch.testing.assert_close(chunk.dequantize(), base + q @ p.transpose(-1, -2), atol=1e-5, rtol=0)
+    assert chunk.factors[0].shape == (1, 4, 32, 3) and chunk.factors[1].shape == (1, 4, 8, 3)
+    layout = chunk.quantized.shape
+    mask = torch.zeros(layout).flatten(-2).scatter(-1, chunk.outlier_index.long(), 1.0).reshape(layout)
+    at_outliers = chunk._natural(mask).bool()  # (B, H, n, d)
+    assert int(at_outliers.sum()) == chunk.outlier_index.numel()
+    assert (chunk.dequantize() - x)[at_outliers].abs().max() > 1e-3  # moved by L
+    per_head = compress(x, axis, replace(spec, construction="per_head"), 3, QUANT)
+    flat = (x.transpose(-1, -2) if axis == "channel" else x).flatten(-2)
+    restored = per_head.dequantize()
+    restored = (restored.transpose(-1, -2) if axis == "channel" else restored).flatten(-2)
+    idx = per_head.outlier_index.long()
+    assert torch.equal(restored.gather(-1, idx), flat.gather(-1, idx))
+
+
+def test_gear_keeps_the_official_outlier_count_per_row():
+    """int(s H d / 2) a side in every key channel and every token: at the defaults (s = 2%) and llama-tiny's
+    H d = 256, a 64-token chunk keeps 6.25% of its keys (3.1x the per-head s) and 1.56% of its values."""
+    x = heavy_tailed((1, 4, 64, 64), seed=7)
+    spec = KVCompression(bits=2, group_size=64, value_window="chunk", outlier_ratio=0.02, construction="gear")
+    keys, values = compress(x, "channel", spec, 0, QUANT), compress(x, "token", spec, 0, QUANT)
+    assert keys.outlier_index.numel() / x.numel() == 4 / 64
+    assert values.outlier_index.numel() / x.numel() == 4 / 256
+    per_head = compress(x, "channel", replace(spec, construction="per_head"), 0, QUANT)
+    assert per_head.outlier_index.numel() == 4 * 2 * math.ceil(0.02 * 64 * 64 / 2)  # 2.0%
+    # s too small for a row: none (the official int()); never more than half a row
+    assert compress(x, "token", replace(spec, outlier_ratio=0.005), 0, QUANT).outlier_index is None
+    assert compress(x, "channel", replace(spec, outlier_ratio=0.9), 0, QUANT).outlier_index.numel() == x.numel()
+
+
+def test_gear_values_grouped_across_heads_lose_more_when_head_dim_is_below_the_group():
+    """head_dim 16, G 64: a value group spans 4 heads (the official grouping), per_head's groups are the
+    heads (16 channels): the same 2 bits, a larger error (measured 0.53 vs 0.35 relative)."""
+    x = heavy_tailed((1, 8, 64, 16), seed=0)
+    errs = {}
+    for construction in ("gear", "per_head"):
+        spec = KVCompression(bits=2, group_size=64, value_window="chunk", construction=construction)
+        errs[construction] = float((compress(x, "token", spec, 0, QUANT).dequantize() - x).norm() / x.norm())
+    assert errs["gear"] > 1.3 * errs["per_head"], errs
+
+
 # ------------------------------------------------------------------------------------------------ the cache
 def fill(update, prefill=40, steps=30, heads=2, d=12, seed=4):
     """Prefill then single-token steps through `update(keys, values)`; returns what every call returned and
@@ -136,6 +235,26 @@ def test_gear_cache_bits_per_element_match_the_accounting():
     assert cache.compressed_fraction() == pytest.approx(64 / 70)
 
 
+def test_gear_construction_cache_bits_per_element_match_the_accounting():
+    """construction=gear: values quantized per token across the heads (H d = 24 channels in groups of 8), and
+    int(s H d / 2) = 3 outliers a side in every key channel and every token (s = 0.25)."""
+    spec = KVCompression(bits=4, group_size=8, buffer=16, value_window="chunk", rank=3, stream_rank=2,
+                         outlier_ratio=0.25, construction="gear")
+    cache = CompressedKVCache(spec, QUANT)
+    fill(lambda k, v: cache.update(k, v, layer_idx=0))  # chunks of 32 (prefill, rank 3), 16, 16 (rank 2)
+    heads, d = 2, 12
+
+    def chunk_bits(n, r):
+        keys = heads * (d * math.ceil(n * 4 / 32) * 32 + d * math.ceil(n / 8) * 2 * 16)
+        values = n * math.ceil(heads * d * 4 / 32) * 32 + n * math.ceil(heads * d / 8) * 2 * 16
+        low_rank = heads * r * (n + d) * 16
+        outliers = (heads * d + n) * 2 * 3 * (16 + 32)  # key channels and tokens, 3 a side each
+        return keys + values + 2 * low_rank + outliers
+
+    expected = chunk_bits(32, 3) + 2 * chunk_bits(16, 2) + heads * 2 * 6 * d * 16
+    assert cache.stored_bits() == expected
+    assert cache.compressed_fraction() == pytest.approx(64 / 70)
+
 def test_kivi_cache_accounting_and_exact_window():
     spec = KVCompression(bits=2, group_size=8, buffer=16)  # KIVI: values slide, keys wait for 16
     layer = CompressedKVLayer(spec, QUANT)
@@ -160,12 +279,14 @@ def test_kivi_cache_accounting_and_exact_window():
 
 # ------------------------------------------------------------------------------------------------ generation
 def eight_bit_specs():
+    gear = dict(bits=8, group_size=8, buffer=8, value_window="chunk", rank=2, stream_rank=2)
     return [KVCompression(bits=8, group_size=8, buffer=8),
-            KVCompression(bits=8, group_size=8, buffer=8, value_window="chunk", rank=2, stream_rank=2,
-                          outlier_ratio=0.02)]
+            KVCompression(**gear, outlier_ratio=0.02),
+            KVCompression(**gear, outlier_ratio=0.05, construction="gear")]  # H d = 64: 1 outlier a side per row
 
 
-@pytest.mark.parametrize("spec", eight_bit_specs(), ids=["kivi", "gear"])
+@pytest.mark.e2e
+@pytest.mark.parametrize("spec", eight_bit_specs(), ids=["kivi", "gear-per_head", "gear"])
 def test_eight_bit_cache_generates_what_the_full_cache_generates(base_lm, spec):
     model, data = base_lm
     prompts = seeded_prompts(data.val, 4, 40, seed=0)
@@ -176,14 +297,17 @@ def test_eight_bit_cache_generates_what_the_full_cache_generates(base_lm, spec):
     assert torch.equal(tokens, reference)
 
 
-def test_gear_is_closer_to_lossless_than_its_quantizer_alone(base_lm):
-    """The paper's claim at small scale: same bits, groups and chunks; low-rank + outliers cut the KL."""
+@pytest.mark.e2e
+@pytest.mark.parametrize("construction,ratio", [("per_head", 0.02), ("gear", 0.05)])
+def test_gear_is_closer_to_lossless_than_its_quantizer_alone(base_lm, construction, ratio):
+    """The paper's claim at small scale: same bits, groups and chunks; low-rank + outliers cut the KL. (The
+    official count keeps no outlier at s = 2% when H d = 64: int(0.64) = 0; s = 5% keeps 1 a side a row.)"""
     model, data = base_lm
     prompts = seeded_prompts(data.val, 6, 48, seed=1)
-    common = dict(bits=2, group_size=8, buffer=8, value_window="chunk")
+    common = dict(bits=2, group_size=8, buffer=8, value_window="chunk", construction=construction)
     quant = compare_with_full_cache(model, prompts, 16, KVCompression(**common), QUANT)
     gear = compare_with_full_cache(model, prompts, 16, KVCompression(**common, rank=2, stream_rank=2,
-                                                                      outlier_ratio=0.02), QUANT)
+                                                                      outlier_ratio=ratio), QUANT)
     assert 0 < gear["kl"] < 0.7 * quant["kl"]
     assert gear["bits_per_element"] > quant["bits_per_element"]  # what it pays for it
 
@@ -193,9 +317,13 @@ def test_methods_take_the_papers_defaults_and_reject_bad_config():
     gear, kivi = Gear(), Kivi()
     assert not gear.trains and gear.stages == ["evaluate"]
     assert (gear.spec.bits, gear.spec.group_size, gear.spec.buffer, gear.spec.rank, gear.spec.stream_rank,
-            gear.spec.outlier_ratio, gear.spec.power_iters, gear.spec.value_window) == (2, 64, 64, 4, 2, 0.02, 3, "chunk")
+            gear.spec.outlier_ratio, gear.spec.power_iters, gear.spec.value_window,
+            gear.spec.construction) == (2, 64, 64, 4, 2, 0.02, 3, "chunk", "gear")
     assert (kivi.spec.bits, kivi.spec.group_size, kivi.spec.buffer, kivi.spec.rank, kivi.spec.outlier_ratio,
-            kivi.spec.value_window) == (2, 32, 128, 0, 0.0, "sliding")
+            kivi.spec.value_window, kivi.spec.construction) == (2, 32, 128, 0, 0.0, "sliding", "per_head")
+    assert Gear(construction="per_head").spec.construction == "per_head"
+    with pytest.raises(ValueError, match="method.construction: must be one of gear, per_head, got 'official'"):
+        Gear(construction="official")
     with pytest.raises(ValueError, match="method.bits: must be one of 1, 2, 4, 8"):
         Gear(bits=3)
     with pytest.raises(ValueError, match="method.store_dtype: 'int8' is not one of float16, bfloat16, float32"):

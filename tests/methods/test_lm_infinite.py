@@ -66,9 +66,14 @@ def rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("implementation", ["masked", "blockwise"])
 @pytest.mark.parametrize("kv_heads", [4, 2])
 def test_equals_vanilla_attention_up_to_n_local_tokens(implementation, kv_heads):
-    """Against transformers' eager attention (the textbook softmax(qkᵀ/√D + causal mask)·v) to 5e-6, and
-    against its SDPA path (which itself differs from eager by ~2e-6 on these O(1) logits) to 1e-5."""
+    """Inside the window the patched model is the plain one, judged against the truth: the same model in
+    float64 (SDPA, no fp32 step). The fp32 patched model may be at most twice as far from it as the farther
+    of transformers' own fp32 implementations (eager, SDPA): their distance is fp32 rounding noise, measured
+    6e-7 to 7e-6 here, and the patch's error was measured at most 1.11 times it (32 models and lengths), so
+    the bound follows the noise of the machine rather than sitting below it (the fixed 1e-6 did not: the
+    blockwise path, which sums the softmax in another order, is 1.7e-6 from eager on 2 cores)."""
     vanilla = llama(kv_heads=kv_heads)
+    truth = copy.deepcopy(vanilla).double()
     eager = copy.deepcopy(vanilla)
     eager.set_attn_implementation("eager")
     patched = patch_model(copy.deepcopy(vanilla), n_global=3, n_local=16, implementation=implementation)
@@ -76,12 +81,11 @@ def test_equals_vanilla_attention_up_to_n_local_tokens(implementation, kv_heads)
     ids = torch.randint(0, VOCAB, (3, 16), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         for T in (1, 5, 16):  # every length <= n_local
-            got = patched(input_ids=ids[:, :T]).logits
-            want = eager(input_ids=ids[:, :T]).logits
-            assert want.abs().max() > 0.5  # O(1) logits: the tolerance below is not vacuous
-            # blockwise sums the softmax in another order: measured up to 1.7e-6 here (fp32, O(1) logits)
-            torch.testing.assert_close(got, want, atol=5e-6, rtol=0)
-            torch.testing.assert_close(got, vanilla(input_ids=ids[:, :T]).logits, atol=1e-5, rtol=0)
+            want = truth(input_ids=ids[:, :T]).logits
+            assert want.abs().max() > 0.5  # O(1) logits: the bound below is not vacuous
+            noise = max(float((m(input_ids=ids[:, :T]).logits.double() - want).abs().max()) for m in (eager, vanilla))
+            err = float((patched(input_ids=ids[:, :T]).logits.double() - want).abs().max())
+            assert 0 < noise < 1e-4 and err <= 2 * noise, (T, err, noise)
         # beyond n_local the patch is in effect: the outputs differ
         long = torch.randint(0, VOCAB, (3, 40), generator=torch.Generator().manual_seed(2))
         assert (vanilla(input_ids=long).logits - patched(input_ids=long).logits).abs().max() > 1e-2
@@ -259,6 +263,7 @@ def test_bad_settings_are_one_line_errors(bad, match):
         LMInfinite(**bad)
 
 
+@pytest.mark.e2e
 def test_lm_infinite_perplexity_stays_flat_beyond_the_training_length(base_lm):
     """The paper's claim at small scale, on the trained base model (L = 64): with the Λ attention the
     perplexity of windows of 8 and 16 x L tokens stays within 10% of that of windows of L tokens, and is
