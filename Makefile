@@ -10,11 +10,13 @@ SWEEP  ?= lr
 PYTEST_ARGS ?=
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test smoke lint bench sweep clean help
+.PHONY: setup run test test-unit repro smoke lint bench sweep clean help
 
 help:
 	@echo "make run [ARGS='model=... method=...']   the default CPU experiment (or any overrides)"
-	@echo "make test                                the test suite (CPU)"
+	@echo "make test                                the test suite: unit + e2e tiers, two workers (CPU)"
+	@echo "make test-unit                           the unit tier only (no runner, no subprocess): about a minute"
+	@echo "make repro                               the small-scale reproductions (repro tier; not in make test)"
 	@echo "make smoke | lint | bench | sweep SWEEP=lr | clean | setup [TORCH=...]"
 
 $(STAMP): pyproject.toml constraints.txt
@@ -32,8 +34,18 @@ run: setup
 smoke: setup
 	$(PY) -m runner experiment=smoke $(ARGS)
 
+# Tiers (tests/tiers.py): unmarked = unit, `e2e` = the runner / a subprocess / a trained model, `repro` = the
+# small-scale reproductions. Test files are the unit of distribution (their module fixtures are built once).
+XDIST ?= -n 2 --dist loadfile
+
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(XDIST) $(PYTEST_ARGS)
+
+test-unit: setup
+	$(PY) -m pytest -q $(XDIST) -m "not e2e and not repro" $(PYTEST_ARGS)
+
+repro: setup
+	$(PY) -m pytest -q -m repro $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check runner tasks models methods kernels tests bench

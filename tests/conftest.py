@@ -12,6 +12,8 @@ import pytest
 
 from runner.config import compose as compose_cfg  # noqa: F401  (the tests' name for it)
 
+pytest_plugins = ["tests.tiers", "pytester"]  # pytester: tests/test_tiers.py; the tiers (unit / e2e / repro), their guard, the time budget
+
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("METHODBENCH_CACHE", str(REPO / ".cache" / "methodbench"))
 os.environ.setdefault("WANDB_SILENT", "true")

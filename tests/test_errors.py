@@ -1,12 +1,16 @@
 """The error contract: a bad option, key, type or path ends `python -m runner` in preflight with one line
 per problem on stderr (naming the key and what would be valid), exit code 2, no traceback, no run
-directory; `debug=true` shows the traceback. Also `runner.config.validate` directly, on composed configs."""
+directory; `debug=true` shows the traceback. The cases run the CLI's entry point (`runner.cli.main`) in this
+process; two of them also run as a real process. Also `runner.config.validate` directly, on composed configs."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import os
-from concurrent.futures import ThreadPoolExecutor
+import io
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from omegaconf import open_dict
@@ -54,18 +58,40 @@ UNKNOWN_KEY_CASES = {"unknown-top-key", "unknown-nested-key", "method-arg-typo",
 DEBUG_CASE = (["debug=true", "trainer.max_steps=abc"], ["trainer.max_steps"])
 
 
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def cli_in_process(args: list[str], runs: Path) -> Result:
+    """`runner.cli.main(args)` in this process, as `python -m runner <args>` runs it: its exit code and output.
+    Preflight needs no process of its own; tests/test_errors.py::test_the_process_exits_2 crosses the boundary."""
+    from runner.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([*args, f"paths.runs_dir={runs}"])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        except Exception:  # a crash is not the contract: the test shows it
+            traceback.print_exc(file=err)
+            code = -1
+    return Result(code, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture(scope="module")
 def cli_results(tmp_path_factory):
-    """Every case's CompletedProcess, run concurrently (each one imports torch/lightning: seconds)."""
+    """Every case's Result, from the CLI's entry point in this process."""
     cases = {**CASES, "debug": DEBUG_CASE}
-
-    def one(item):
-        name, (args, _) = item
+    results = {}
+    for name, (args, _) in cases.items():
         runs = tmp_path_factory.mktemp(name)
-        return name, (run_cli(*args, runs_dir=runs, check=False, timeout=300), runs)
-
-    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-        return dict(pool.map(one, cases.items()))
+        results[name] = (cli_in_process(args, runs), runs)
+    return results
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -107,6 +133,24 @@ def test_debug_shows_traceback(cli_results):
 
 
 # ---------------------------------------------------------------------------------------------- validate()
+
+
+# Through the process boundary: `python -m runner` itself exits 2 with one line per problem and no traceback,
+# and shows the traceback with debug=true (the other cases run the same entry point in process, above).
+@pytest.mark.e2e
+@pytest.mark.parametrize("case", ["two-bad-types", "debug"])
+def test_the_process_exits_2(case, tmp_path):
+    args, expected = {**CASES, "debug": DEBUG_CASE}[case]
+    proc = run_cli(*args, runs_dir=tmp_path / "runs", check=False, timeout=300)
+    assert proc.returncode == EXIT_CONFIG, proc.stderr
+    assert ("Traceback" in proc.stderr) == (case == "debug"), proc.stderr
+    for s in expected:
+        assert s in proc.stderr, proc.stderr
+    if case != "debug":
+        assert len([ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]) == 2, proc.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
 @pytest.fixture(scope="module")
 def base_cfg():
     return compose_cfg([])

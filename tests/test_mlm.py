@@ -16,17 +16,10 @@ import torch
 
 from methods.base import Method
 from models.bert import Bert
-from tasks.mlm import (
-    VAL_SEED,
-    VAL_STREAM,
-    MaskedLM,
-    MaskedTokenData,
-    MLMModule,
-    mask_seed,
-    mask_tokens,
-    random_candidates,
-)
 from tests.conftest import TINY, kill_at_checkpoint, run_cli, run_dirs
+from tests.helpers import lazy_import
+
+mlm = lazy_import("tasks.mlm")  # imports Lightning (seconds): when a test first needs it, not at collection
 
 SIGMAS = 6.0  # every frequency check: within 6 binomial standard deviations (a false failure ~1 in 5e8)
 
@@ -42,7 +35,7 @@ def _tokens(shape: tuple[int, int], vocab: int, seed: int = 0) -> torch.Tensor:
 
 
 def _mask(tokens, seed, vocab=1024, **probs):
-    return mask_tokens(tokens, torch.Generator().manual_seed(seed), 1, random_candidates(vocab, (0, 1)), **probs)
+    return mlm.mask_tokens(tokens, torch.Generator().manual_seed(seed), 1, mlm.random_candidates(vocab, (0, 1)), **probs)
 
 
 # ---------------------------------------------------------------------------------------------- masking
@@ -95,35 +88,35 @@ def test_probabilities_at_their_limits():
     assert torch.equal(inputs, tokens)  # BERT's "unchanged" share only: the input is the text itself
 
 
-def _data(vocab: int = 64, seq_len: int = 16, **probs) -> MaskedTokenData:
+def _data(vocab: int = 64, seq_len: int = 16, **probs) -> mlm.MaskedTokenData:
     rng = np.random.default_rng(0)
     train, val = rng.integers(2, vocab, 4000).astype(np.uint16), rng.integers(2, vocab, 800).astype(np.uint16)
-    return MaskedTokenData(train, val, None, vocab, seq_len, 1, 1, "test", mask_id=1, special_ids=(0,), **probs)
+    return mlm.MaskedTokenData(train, val, None, vocab, seq_len, 1, 1, "test", mask_id=1, special_ids=(0,), **probs)
 
 
-def _module(data: MaskedTokenData, seed: int = 3, dropout: float = 0.0) -> MLMModule:
+def _module(data: mlm.MaskedTokenData, seed: int = 3, dropout: float = 0.0) -> mlm.MLMModule:
     torch.manual_seed(0)
     model = Bert(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, dropout=dropout).build(
         data.vocab_size, data.seq_len)
-    return MLMModule(model, Method(), data=data, seed=seed)
+    return mlm.MLMModule(model, Method(), data=data, seed=seed)
 
 
 def test_same_seed_and_micro_batch_same_masks_else_different():
     data = _data()
     module = _module(data)
     batch = data.blocks("train")[:8]
-    a = module.masked_batch(batch, mask_seed(7, 12))
-    b = module.masked_batch(batch, mask_seed(7, 12))
+    a = module.masked_batch(batch, mlm.mask_seed(7, 12))
+    b = module.masked_batch(batch, mlm.mask_seed(7, 12))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    for other in (mask_seed(7, 13), mask_seed(8, 12), mask_seed(7, 12, VAL_STREAM)):
+    for other in (mlm.mask_seed(7, 13), mlm.mask_seed(8, 12), mlm.mask_seed(7, 12, mlm.VAL_STREAM)):
         c = module.masked_batch(batch, other)
         assert not torch.equal(a[1], c[1])
     # a CPU generator keeps the low 32 bits of its seed: the seeds are 32-bit, distinct over a run's indices
-    seeds = {mask_seed(7, i, stream) for i in range(2000) for stream in ("train", VAL_STREAM)}
+    seeds = {mlm.mask_seed(7, i, stream) for i in range(2000) for stream in ("train", mlm.VAL_STREAM)}
     assert len(seeds) == 4000 and max(seeds) < 2**32
     # the masks do not depend on the global RNG (dropout's), only on the seed
     torch.manual_seed(123)
-    d = module.masked_batch(batch, mask_seed(7, 12))
+    d = module.masked_batch(batch, mlm.mask_seed(7, 12))
     assert torch.equal(a[0], d[0])
     # the sequence is the first T tokens of each (B, T+1) block
     assert a[0].shape == (8, data.seq_len)
@@ -134,7 +127,7 @@ def test_loss_is_cross_entropy_on_the_selected_positions():
     module = _module(data, dropout=0.1)
     module.model.eval()  # no dropout: the same logits in both computations
     batch = data.blocks("train")[:6]
-    seed = mask_seed(3, 4)
+    seed = mlm.mask_seed(3, 4)
     loss = module.lm_loss(batch, seed=seed)
     inputs, labels = data.mask(batch[:, :-1], torch.Generator().manual_seed(seed))
     with torch.no_grad():
@@ -167,7 +160,7 @@ def test_validation_scores_fixed_positions_beside_the_unigram_floor():
             module.validation_step(batch, 0)
         sums.append((module._val_sum.item(), module._val_count.item(), module._val_correct.item(),
                      module._val_unigram.item()))
-    inputs, labels = data.mask(batch[:, :-1], torch.Generator().manual_seed(mask_seed(VAL_SEED, 0, VAL_STREAM)))
+    inputs, labels = data.mask(batch[:, :-1], torch.Generator().manual_seed(mlm.mask_seed(mlm.VAL_SEED, 0, mlm.VAL_STREAM)))
     selected = labels != -100
     with torch.no_grad():
         logits = module.model(input_ids=inputs).logits.double()[selected]
@@ -188,13 +181,13 @@ def test_validation_scores_fixed_positions_beside_the_unigram_floor():
 
 def test_config_checks_one_line_each():
     with pytest.raises(ValueError) as e:
-        MaskedLM(mask_prob=0.0, mask_token_prob=1.5, random_token_prob=-0.1, val_fraction=2.0)
+        mlm.MaskedLM(mask_prob=0.0, mask_token_prob=1.5, random_token_prob=-0.1, val_fraction=2.0)
     parts = str(e.value).split("; ")
     assert [p.split(":")[0] for p in parts] == ["dataset.val_fraction", "dataset.mask_prob", "dataset.mask_token_prob",
                                                "dataset.random_token_prob"]
     with pytest.raises(ValueError, match=r"^dataset\.random_token_prob: mask_token_prob \+ random_token_prob"):
-        MaskedLM(mask_token_prob=0.9, random_token_prob=0.2)
-    task = MaskedLM()
+        mlm.MaskedLM(mask_token_prob=0.9, random_token_prob=0.2)
+    task = mlm.MaskedLM()
     assert task.model_kinds == ("masked-lm",) and "masked-tokens" in task.provides
     assert task.vocab_size_hint() == 4096
 

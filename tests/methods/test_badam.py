@@ -13,9 +13,9 @@ import torch
 from omegaconf import OmegaConf
 
 from methods.optimizers.frugal import Frugal, projectable_parameters
-from tests.helpers import tiny_llama
+from tests.helpers import lazy_import, tiny_llama
 
-badam = pytest.importorskip("badam")
+badam = lazy_import("badam")  # the package (dev extra), imported when a test first uses it
 
 LAYERS, T, LR, WD = 4, 3, 1e-2, 0.1
 STEPS = 5 * T  # layers 3, 2, 1, 0, then 3 again with fresh state

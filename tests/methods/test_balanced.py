@@ -164,6 +164,7 @@ def test_tau_and_p_are_logged_at_logging_steps(mix):
     mix.set_sampling(None)
 
 
+@pytest.mark.e2e
 def test_cooldown_run_resumes_exactly_across_the_switch(tmp_path):
     """Through the runner: a cooldown run on the mixture, resumed from its step-3 checkpoint (τ switches at
     step 4), ends with the losses of the uninterrupted run: the domain draws are a function of the step."""

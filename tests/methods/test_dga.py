@@ -16,8 +16,10 @@ import pytest
 import torch
 from torch import nn
 
-from methods.data.dga import DGA, DGAModule
 from tests.conftest import TINY
+from tests.helpers import lazy_import
+
+dga = lazy_import("methods.data.dga")  # imports Lightning (seconds): when a test first needs it, not at collection
 
 SPECIFIC_DIM = 24
 
@@ -42,11 +44,11 @@ class BlocksByDomain:
         self.probs_fn = fn
 
 
-def module_with_hand_set_gradients(method: DGA, vectors: torch.Tensor):
+def module_with_hand_set_gradients(method: dga.DGA, vectors: torch.Tensor):
     """A DGAModule whose LM loss on a batch of domain i is ⟨θ, vectors[i]⟩, so its gradient is vectors[i]."""
     model = nn.Module()
     model.theta = nn.Parameter(torch.zeros(vectors.shape[1]))
-    module = DGAModule(model, method)
+    module = dga.DGAModule(model, method)
     module.lm_loss = lambda tokens, reduction="mean": torch.dot(model.theta, vectors[int(tokens[0, 0])])
     return module
 
@@ -58,7 +60,7 @@ def test_update_through_the_module_is_the_exponentiated_gradient_step():
     vectors = torch.randn(4, SPECIFIC_DIM) * 0.3
     generic = [0, 2, 3]
     for ema, normalize in ((0.0, False), (0.5, False), (0.0, True)):
-        method = DGA(update_every=1, alpha_lr=0.7, ema=ema, init="natural", normalize=normalize, seed=0)
+        method = dga.DGA(update_every=1, alpha_lr=0.7, ema=ema, init="natural", normalize=normalize, seed=0)
         method.prepare_data(data)
         assert method.generic == ["a", "b", "c"] and method.specific == "spe"
         module = module_with_hand_set_gradients(method, vectors)
@@ -87,7 +89,7 @@ def test_update_through_the_module_is_the_exponentiated_gradient_step():
 def test_alpha_stays_on_the_simplex_with_large_gradients():
     torch.manual_seed(1)
     data = BlocksByDomain(["a", "b", "spe"], [True, True, False], [5, 5, 5])
-    method = DGA(update_every=1, alpha_lr=1.0, ema=0.0, seed=0)
+    method = dga.DGA(update_every=1, alpha_lr=1.0, ema=0.0, seed=0)
     method.prepare_data(data)
     module = module_with_hand_set_gradients(method, torch.randn(3, SPECIFIC_DIM) * 30)  # saturating softmax
     for step in range(5):
@@ -97,14 +99,14 @@ def test_alpha_stays_on_the_simplex_with_large_gradients():
 
 def test_config_errors_are_one_line_each():
     with pytest.raises(ValueError, match=r"method\.init: .*choose one of: uniform, natural"):
-        DGA(init="zipf")
+        dga.DGA(init="zipf")
     with pytest.raises(ValueError, match=r"method\.ema: must be in \[0, 1\)"):
-        DGA(ema=1.0)
+        dga.DGA(ema=1.0)
     data = BlocksByDomain(["a", "b"], [True, True], [5, 5])
     with pytest.raises(ValueError, match=r"method\.specific_domain: null needs exactly one `sample: false`"):
-        DGA().prepare_data(data)
+        dga.DGA().prepare_data(data)
     with pytest.raises(ValueError, match=r"method\.specific_domain: 'x' is not valid; choose one of: a, b"):
-        DGA(specific_domain="x").prepare_data(data)
+        dga.DGA(specific_domain="x").prepare_data(data)
 
 
 # ---------------------------------------------------------------- through the runner (in process)
@@ -126,6 +128,7 @@ def alpha_trajectory(run_dir: Path) -> list[dict[str, float]]:
     return [{d: float(r[f"dga/alpha/{d}"]) for d in "abc"} for r in rows if r.get("dga/alpha/a")]
 
 
+@pytest.mark.e2e
 def test_alpha_of_the_specific_sets_chain_rises(tmp_path):
     """Specific set = documents of domain a's Markov chain: α_a rises at every update, b and c fall."""
     summary = run_dga(tmp_path / "run", f"trainer.max_steps={STEPS}", f"trainer.val_every_n_steps={STEPS}",
@@ -141,6 +144,7 @@ def test_alpha_of_the_specific_sets_chain_rises(tmp_path):
     assert "val/loss/specific" in header
 
 
+@pytest.mark.e2e
 def test_resume_restores_alpha_exactly(tmp_path):
     steps = ["trainer.max_steps=12", "trainer.val_every_n_steps=12", "trainer.checkpoint_every_n_steps=6",
              "method.update_every=3", "logger=none"]

@@ -16,11 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaForCausalLM
 
 from methods.compression.essential_sparsity import (
     EssentialSparsity,
@@ -29,7 +27,6 @@ from methods.compression.essential_sparsity import (
     prunable_linears,
     sparsity_of,
 )
-from methods.module import MethodModule
 from tests.conftest import BASE, REPO, run_cli
 from tests.helpers import tiny_llama
 
@@ -37,7 +34,7 @@ VOCAB = 96
 
 
 
-def llama(seed: int = 0) -> LlamaForCausalLM:
+def llama(seed: int = 0):
     return tiny_llama(VOCAB, heads=2, seed=seed).eval()
 
 
@@ -130,21 +127,24 @@ def test_stages_follow_finetune_steps():
         tuned.hold_mask(llama())
 
 
-class Losses(pl.Callback):
-    """Every training step's loss."""
-
-    def __init__(self):
-        self.losses: list[float] = []
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        self.losses.append(float(outputs["loss"]))
-
-
 @pytest.mark.parametrize("n_m,fresh_params", [(None, False), ("2:4", False), (None, True)])
 def test_mask_does_not_change_while_fine_tuning(n_m, fresh_params):
     """The method's own train-stage hooks (configure_optimizers, the gradient hooks, after_optimizer_step) in a
     Lightning trainer on the CPU, as the runner's train stage runs them. `fresh_params`: the module trains a copy of
     the pruned model (other parameter tensors than compress saw, as after a strategy re-creates them)."""
+    import lightning.pytorch as pl  # here, not at collection (seconds)
+
+    from methods.module import MethodModule
+
+    class Losses(pl.Callback):
+        """Every training step's loss."""
+
+        def __init__(self):
+            self.losses: list[float] = []
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            self.losses.append(float(outputs["loss"]))
+
     dense = llama()
     one_shot = EssentialSparsity(sparsity=0.6, n_m=n_m).compress(copy.deepcopy(dense), Blocks())
     method = EssentialSparsity(sparsity=0.6, n_m=n_m, finetune_steps=6, finetune_lr=1e-2)
@@ -289,6 +289,7 @@ def test_plot_is_written(tmp_path):
 
 
 # -- the paper's comparison at small scale -------------------------------------------------------
+@pytest.mark.e2e
 def test_magnitude_pruning_keeps_the_trained_model_far_better_than_random_pruning(base_lm):
     dense, data = base_lm
     val = data.blocks("val")[:32]

@@ -141,6 +141,7 @@ def test_dp_is_optimal_against_brute_force(seed):
 
 
 # -- on a model ----------------------------------------------------------------------------------------
+@pytest.mark.e2e
 @pytest.mark.parametrize("target_bits", [3.0, 2.5])
 def test_no_candidate_of_a_model_search_breaks_the_budget(lm, monkeypatch, target_bits):
     model, inputs = lm
@@ -165,6 +166,7 @@ def test_no_candidate_of_a_model_search_breaks_the_budget(lm, monkeypatch, targe
     assert method.result["avg_bits"] <= target_bits
 
 
+@pytest.mark.e2e
 def test_parent_fitness_never_rises_and_is_the_compressed_models_kl(lm):
     model, inputs = lm
     pool = len(inputs) * 64
@@ -190,6 +192,7 @@ def test_parent_fitness_never_rises_and_is_the_compressed_models_kl(lm):
     assert method.result["avg_bits"] == 3.0 and set(method.levels.values()) != {3.0}
 
 
+@pytest.mark.e2e
 def test_dp_baseline_spends_at_most_the_budget(lm):
     model, inputs = lm
     for error in ("kl", "nmse"):

@@ -11,9 +11,9 @@ import torch
 from omegaconf import OmegaConf
 
 from methods.optimizers.frugal import Frugal, projectable_parameters
-from tests.helpers import tiny_llama
+from tests.helpers import lazy_import, tiny_llama
 
-galore_torch = pytest.importorskip("galore_torch")
+galore_torch = lazy_import("galore_torch")  # the package (dev extra), imported when a test first uses it
 
 STEPS, T, LR, WD, SCALE, EPS = 20, 5, 1e-2, 0.1, 0.25, 1e-6  # EPS: the package's default
 GRAD_SCALE = 1e-4  # LM-sized gradients, so that where ε sits matters (√v ~ 1e-4 against ε = 1e-6)

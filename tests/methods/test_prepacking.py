@@ -220,6 +220,7 @@ def test_bad_config_is_a_one_line_error_naming_the_key(kwargs, key):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.e2e
 def test_on_the_trained_base_model(base_lm):
     """The runner's trained tiny Llama on validation prompts: same first logits, same greedy text."""
     model, data = base_lm
