@@ -8,7 +8,9 @@ different batching plugs in from outside):
   positions restart at each prompt's first real token. With a cache (default: a fresh `DynamicCache`;
   any `transformers.Cache` subclass may be passed, e.g. a quantized one) the prompt is prefilled once
   and every step feeds one token; with `use_cache=False` every step re-reads the whole sequence (the
-  reference the cached path must equal).
+  reference the cached path must equal). A model whose output also has `generation_logits` (ULD's
+  logit difference, methods/unlearning/uld.py: −1e3 outside the target's relative-top set, as the ULD code's
+  decoder) is decoded on the argmax of those; `logits` stay what `return_logits` returns.
 - `token_nll(model, ids, chunk_size=None)`: the next-token negative log-likelihood of every position of
   (B, T) token ids, the whole sequence in one forward or `chunk_size` tokens at a time with the KV cache
   carried between chunks (the same numbers in causal attention, with bounded logits memory).
@@ -45,7 +47,8 @@ def greedy_generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: i
                     eos_token_id: int | None = None, return_logits: bool = False):
     """Greedy continuation of (B, T) prompts: (B, max_new_tokens) new token ids, and with `return_logits`
     also their (B, max_new_tokens, V) next-token logits (fp32). Rows that emitted `eos_token_id` keep
-    emitting it. `cache`: a `transformers.Cache` to fill (default: a new DynamicCache)."""
+    emitting it. `cache`: a `transformers.Cache` to fill (default: a new DynamicCache). Where the model's output
+    has `generation_logits`, each token is their argmax (ULD: restricted to the target's relative-top set)."""
     from transformers import DynamicCache
 
     device = model_device(model)
@@ -65,7 +68,8 @@ def greedy_generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: i
             out = model(input_ids=step_ids, attention_mask=step_mask, position_ids=_positions(step_mask),
                         use_cache=False, logits_to_keep=1)
         logits = out.logits[:, -1].float()
-        token = logits.argmax(-1)
+        scores = getattr(out, "generation_logits", None)  # what to take the argmax of, where it is not the logits
+        token = (logits if scores is None else scores[:, -1]).argmax(-1)
         if eos_token_id is not None:
             token = torch.where(finished, torch.full_like(token, eos_token_id), token)
             finished |= token == eos_token_id

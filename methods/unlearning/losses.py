@@ -17,7 +17,10 @@ mean over the answer tokens of the batch; the NPO paper's analysis uses the sequ
 functions below take whatever NLL tensor the caller passes (one entry per sequence) and average it over the
 batch, so both conventions are available: `sequence_nll(..., reduction="sum")` gives the paper's,
 `reduction="mean"` a per-sequence token mean. With summed NLLs, L_GA = E[log π_θ] and at θ = ref
-∇L_NPO = ∇L_GA exactly (the NPO paper, sec. 3).
+∇L_NPO = ∇L_GA exactly (the NPO paper, sec. 3). The retain CE of grad_diff and npo_rt is the codes'
+`outputs.loss`: `token_mean_nll`, Σ NLL over every answer token of the batch / their number (a 0-d tensor,
+which the functions below pass through unchanged), not the mean of per-sequence means (which weights a
+short answer's tokens more).
 
 ULD — "Reversing the Forget-Retain Objectives: An Efficient LLM Unlearning Framework from Logit Difference"
 (Ji et al.; arXiv:2406.08607), sec. 3 and the authors' code (`UCSB-NLP-Chang/ULD`, contrastllm.py,
@@ -27,9 +30,11 @@ forget_losses.py):
     m_v = 1  ⇔  log p_target(v) ≥ min(max_u log p_target(u) + log ρ,  the ⌊ρ·V⌋-th largest log p_target)
 
 so the filter keeps every token within a factor ρ of the most likely one and never fewer than ⌊ρ·V⌋
-tokens; elsewhere the assistant's logits are set to 0. The code writes z = z_target + w·z_assistant with
-w = −1 by default (α = 1; w = −0.8 at evaluation), ρ = 0.1 by default (1e-2 at evaluation). The assistant is
-trained on the reversed objectives: L = CE(forget) + 5.0·KL(uniform ‖ p_assistant) on the retain set,
+tokens; elsewhere the assistant's logits are set to 0. Greedy generation (the code's `greedy_search`,
+gen_util.py) also sets the tokens outside the set to −1e3 before its argmax (`uld_generation_logits`): only a
+token the target finds plausible is generated; the probabilities (every NLL-based metric) use z as it is.
+The code writes z = z_target + w·z_assistant with w = −1 by default (α = 1; w = −0.8 at evaluation), ρ = 0.1
+by default (1e-2 at evaluation). The assistant is trained on the reversed objectives: L = CE(forget) + 5.0·KL(uniform ‖ p_assistant) on the retain set,
 averaged over every position (the code's `kl_div(..., reduction="batchmean")` over flattened positions).
 """
 
@@ -45,6 +50,7 @@ NPO_RETAIN_WEIGHT = 1.0  # NPO code: coefficient of the retain CE (npo_rt) or re
 ULD_ALPHA = 1.0  # ULD code: weight -1 on the assistant's logits (-0.8 at evaluation)
 ULD_RELATIVE_TOP = 0.1  # ULD code default ρ (1e-2 at evaluation)
 ULD_RETAIN_WEIGHT = 5.0  # ULD config: weight of the retain uniform-KL term
+ULD_FILTER_VALUE = -1e3  # ULD code (gen_util.py greedy_search): the score of tokens outside the set when generating
 
 
 def sequence_nll(logits: torch.Tensor, input_ids: torch.Tensor, answer_mask: torch.Tensor,
@@ -63,13 +69,21 @@ def sequence_nll(logits: torch.Tensor, input_ids: torch.Tensor, answer_mask: tor
     return total if reduction == "sum" else total / mask.sum(dim=1).clamp_min(1)
 
 
+def token_mean_nll(logits: torch.Tensor, input_ids: torch.Tensor, answer_mask: torch.Tensor) -> torch.Tensor:
+    """0-d: the NLL of every answer token of the batch, summed, over their number: Hugging Face's `outputs.loss`
+    with the labels −100 outside the answers (what the TOFU/NPO codes' retain terms are)."""
+    total = sequence_nll(logits, input_ids, answer_mask, reduction="sum").sum()
+    return total / answer_mask[:, 1:].sum().clamp_min(1).to(total.dtype)
+
+
 def ga_loss(forget_nll: torch.Tensor) -> torch.Tensor:
     """Gradient ascent: minimise −NLL on the forget set."""
     return -forget_nll.mean()
 
 
 def grad_diff_loss(forget_nll: torch.Tensor, retain_nll: torch.Tensor, retain_weight: float = 1.0) -> torch.Tensor:
-    """Gradient difference: ascend the forget NLL, descend the retain NLL."""
+    """Gradient difference: ascend the forget NLL, descend the retain NLL (per sequence, or the 0-d
+    `token_mean_nll` as the code's `outputs.loss`)."""
     return -forget_nll.mean() + retain_weight * retain_nll.mean()
 
 
@@ -82,7 +96,7 @@ def npo_loss(forget_nll: torch.Tensor, reference_nll: torch.Tensor, beta: float 
 
 def npo_rt_loss(forget_nll, reference_nll, retain_nll, beta: float = NPO_BETA,
                 retain_weight: float = NPO_RETAIN_WEIGHT) -> torch.Tensor:
-    """NPO + retain CE (the code's npo_grad_diff)."""
+    """NPO + retain CE (the code's npo_grad_diff; its retain CE is `token_mean_nll`)."""
     return npo_loss(forget_nll, reference_nll, beta) + retain_weight * retain_nll.mean()
 
 
@@ -118,12 +132,23 @@ def relative_top_mask(target_logits: torch.Tensor, relative_top: float = ULD_REL
 
 
 def uld_logits(target_logits: torch.Tensor, assistant_logits: torch.Tensor, alpha: float = ULD_ALPHA,
-               relative_top: float | None = ULD_RELATIVE_TOP) -> torch.Tensor:
+               relative_top: float | None = ULD_RELATIVE_TOP, keep: torch.Tensor | None = None) -> torch.Tensor:
     """The unlearned model's logits: z_target − α·z_assistant, the assistant zeroed outside the
-    relative-top set of the target (no filter when relative_top is None)."""
+    relative-top set of the target (no filter when relative_top is None). `keep`: that set, if already
+    computed (`relative_top_mask(target_logits, relative_top)`)."""
     if relative_top is not None:
-        assistant_logits = assistant_logits * relative_top_mask(target_logits, relative_top)
+        keep = relative_top_mask(target_logits, relative_top) if keep is None else keep
+        assistant_logits = assistant_logits * keep
     return target_logits - alpha * assistant_logits
+
+
+def uld_generation_logits(logits: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """What ULD's greedy decoder takes the argmax of: the combined logits with every token outside the target's
+    relative-top set `keep` at −1e3 (`keep` None: no filter, the logits as they are). The code then multiplies
+    these scores by the mask before its argmax, which turns −1e3 into 0; that picks the same token whenever the
+    best kept score is positive, and otherwise a token outside the set, against the code's own comment ("only
+    sample from the top-logit within the mask region"): here the −1e3 stays."""
+    return logits if keep is None else logits.masked_fill(~keep, ULD_FILTER_VALUE)
 
 
 def kl_uniform_to_model(logits: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -8,10 +8,10 @@ tokens; `losses.sequence_nll(..., reduction="mean")`).
 
 - Probability (forget / retain set): mean over questions of exp(−L(answer)) = P(a|q)^(1/|a|).
   On the real-authors / world-facts sets: mean of P̃(true) / (P̃(true) + Σ P̃(perturbed)), P̃ = exp(−L).
-- ROUGE-L recall of the greedy generation against the ground-truth answer: LCS(ref, gen) / |ref| in words.
-  rouge_score's tokenizer (lower case, non-alphanumerics to spaces, split on whitespace) is reproduced here;
-  its Porter stemmer (TOFU passes use_stemmer=True) is not: words that differ only in their suffix count as
-  different here.
+- ROUGE-L recall of the greedy generation against the ground-truth answer: LCS(ref, gen) / |ref| in words,
+  computed by the `rouge-score` package as TOFU does (`RougeScorer(["rougeL"], use_stemmer=True)`, the
+  recall of `score(answer, generation)`): lower case, non-alphanumerics to spaces, and the Porter stemmer on
+  words of more than 3 letters, so that "wrote"/"writes" differ but "writes"/"writing" ("write") match.
 - Truth ratio statistic per question, as the code computes it:
       s = exp(mean_j L(perturbed_j) − L(paraphrased)) = P̃(paraphrased) / geomean_j P̃(perturbed_j)
   (the paper writes the inverse, R = mean_j P̃(pert_j) / P̃(para), with an arithmetic mean; the numbers
@@ -19,17 +19,18 @@ tokens; `losses.sequence_nll(..., reduction="mean")`).
       min(s, 1/s)            on the forget set  (closer to 1 = the model cannot tell true from false)
       max(0, 1 − 1/s)        on retain / real-authors / world-facts (higher = prefers the truth)
 - Forget quality: the p-value of the two-sample Kolmogorov–Smirnov test between the per-question statistics s
-  of the unlearned model and of the retain-only model, both on the forget set (scipy.stats.ks_2samp, whose
-  default for samples of up to 10000 is the exact test; implemented below). The KS statistic only depends on
-  the ordering of the pooled values, so s and the paper's R = 1/s give the same p-value.
+  of the unlearned model and of the retain-only model, both on the forget set: `scipy.stats.ks_2samp` with its
+  defaults, the call TOFU makes (the exact test for samples of up to 10000, which computes the probability
+  outside the band directly, so p-values far below 1e-16 keep their relative accuracy; papers plot forget
+  quality on a log scale). The KS statistic only depends on the ordering of the pooled values, so s and the
+  paper's R = 1/s give the same p-value.
 - Model utility: the harmonic mean of the non-forget metrics (TOFU: probability, ROUGE-L and truth ratio on
   retain, real authors and world facts: 9 numbers; this benchmark has the retain set's 3).
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
+import functools
 
 import numpy as np
 
@@ -47,26 +48,17 @@ def normalized_option_probability(true_losses, perturbed_losses) -> float:
     return float(np.mean(p_true / p_all.sum(axis=1)))
 
 
-def rouge_tokens(text: str) -> list[str]:
-    """rouge_score's default tokenisation, without stemming."""
-    return re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
+@functools.cache
+def _rouge_scorer():
+    from rouge_score import rouge_scorer
 
-
-def lcs_length(a: Sequence, b: Sequence) -> int:
-    """Length of the longest common subsequence (dynamic programming, O(|a|·|b|))."""
-    previous = [0] * (len(b) + 1)
-    for x in a:
-        current = [0]
-        for j, y in enumerate(b):
-            current.append(previous[j] + 1 if x == y else max(previous[j + 1], current[j]))
-        previous = current
-    return previous[-1]
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)  # TOFU's evaluate_util / eval_everything
 
 
 def rouge_l_recall(reference: str, generated: str) -> float:
-    """ROUGE-L recall = LCS / number of reference words (0 for an empty reference)."""
-    ref, gen = rouge_tokens(reference), rouge_tokens(generated)
-    return lcs_length(ref, gen) / len(ref) if ref else 0.0
+    """ROUGE-L recall = LCS / number of reference words, with rouge_score's tokenizer and Porter stemmer
+    (0 for an empty reference or generation)."""
+    return float(_rouge_scorer().score(reference, generated)["rougeL"].recall)
 
 
 def truth_ratio_statistic(paraphrased_losses, perturbed_losses) -> np.ndarray:
@@ -87,51 +79,14 @@ def truth_ratio(statistic, split: str) -> float:
     raise ValueError(f"split={split!r}: choose forget, retain, real_authors or world_facts")
 
 
-def ks_statistic(x, y) -> float:
-    """D = sup_t |F_x(t) − F_y(t)| of the two empirical distribution functions."""
-    x, y = np.sort(np.asarray(x, dtype=np.float64)), np.sort(np.asarray(y, dtype=np.float64))
-    pooled = np.concatenate([x, y])
-    cdf_x = np.searchsorted(x, pooled, side="right") / len(x)
-    cdf_y = np.searchsorted(y, pooled, side="right") / len(y)
-    return float(np.max(np.abs(cdf_x - cdf_y)))
-
-
-def ks_pvalue_exact(d: float, n: int, m: int) -> float:
-    """Two-sided exact p-value P(D ≥ d) of the two-sample KS test under H0 (continuous distributions).
-
-    Under H0 the merged order is a uniformly random lattice path from (0, 0) to (n, m); D < d iff the path
-    stays in |i/n − j/m| < d. The probability of staying inside is propagated along the path (the next point
-    comes from x with probability (n−i)/(n+m−i−j)), which never over- or underflows.
-    """
-    tol = 1e-12  # D takes values k/lcm(n, m): the same tolerance scipy uses to compare against it
-
-    def inside(i: int, j: int) -> bool:
-        return abs(i / n - j / m) < d - tol
-
-    prob = np.zeros(m + 1)
-    prob[0] = 1.0
-    for i in range(n + 1):
-        row = np.zeros(m + 1)
-        for j in range(m + 1):
-            if i == 0 and j == 0:
-                row[0] = 1.0
-                continue
-            if not inside(i, j):
-                continue
-            total = 0.0
-            if i > 0:
-                total += prob[j] * (n - i + 1) / (n + m - i - j + 1)
-            if j > 0:
-                total += row[j - 1] * (m - j + 1) / (n + m - i - j + 1)
-            row[j] = total
-        prob = row
-    return float(min(1.0, max(0.0, 1.0 - prob[m])))
-
-
 def forget_quality(unlearned_statistic, retain_model_statistic) -> float:
-    """KS-test p-value between the forget-set truth-ratio statistics of the two models."""
-    x, y = np.asarray(unlearned_statistic), np.asarray(retain_model_statistic)
-    return ks_pvalue_exact(ks_statistic(x, y), len(x), len(y))
+    """KS-test p-value between the forget-set truth-ratio statistics of the two models (TOFU's
+    `ks_2samp(unlearn_tr, retain_tr).pvalue`)."""
+    from scipy.stats import ks_2samp
+
+    x = np.asarray(unlearned_statistic, dtype=np.float64)
+    y = np.asarray(retain_model_statistic, dtype=np.float64)
+    return float(ks_2samp(x, y).pvalue)
 
 
 def harmonic_mean(values) -> float:

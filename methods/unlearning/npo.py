@@ -3,19 +3,26 @@
 
 Objectives (NLL = −log π(answer | question), summed over the answer tokens; methods/unlearning/losses.py):
     ga         L = −E_forget[NLL_θ]                                      gradient ascent
-    grad_diff  L = −E_forget[NLL_θ] + λ·E_retain[NLL_θ / |a|]             gradient difference
+    grad_diff  L = −E_forget[NLL_θ] + λ·CE_retain                         gradient difference
     npo        L = −(2/β)·E_forget[log σ(β·(NLL_θ − NLL_ref))]            eq. (3)
-    npo_rt     L = npo + λ·E_retain[NLL_θ / |a|]                          NPO + retain CE (code: npo_grad_diff)
-    npo_kl     L = npo + λ·KL(π_ref ‖ π_θ) on the retain tokens           NPO + retain KL
+    npo_rt     L = npo + λ·CE_retain                                      NPO + retain CE (code: npo_grad_diff)
+    npo_kl     L = npo + λ·KL(π_ref ‖ π_θ) on the retain rows' real tokens NPO + retain KL (code: npo_KL)
+CE_retain = Σ_batch NLL_θ(retain answer) / Σ_batch |a|: the NLL per answer token over the whole retain batch, the
+code's `outputs.loss` (`losses.token_mean_nll`; not the mean of per-sequence means, which weights the tokens of
+short answers more).
 π_ref is the model before unlearning (a frozen copy, UnlearningModule.reference). At θ = ref ∇L_npo = ∇L_ga
 (sec. 3): NPO is GA reweighted per sequence by W = 2π_θ^β/(π_θ^β + π_ref^β), which vanishes as the forget
 answers become unlikely, so NPO slows down where GA runs away ("catastrophic collapse").
 
 From the paper/code (licong-lin/negative-preference-optimization, config/forget.yaml): β = 0.1, retain
 coefficient λ = 1.0, AdamW with betas (0.9, 0.999) (Hugging Face defaults) and weight decay 0.01, the forget
-NLL summed per sequence (NPO's analysis) and the retain terms as the Hugging Face token-mean loss (the code's
-`outputs.loss`). Here GA and grad_diff also use the summed forget NLL (the code's GA uses the token mean), so
-that GA and NPO take the same first step and their curves compare at one learning rate. Tuned for this CPU
+NLL summed per sequence (NPO's analysis) and the retain CE as the Hugging Face token-mean loss (the code's
+`outputs.loss`). Deviation: npo_kl's KL(π_ref ‖ π_θ) is averaged over the positions that predict a real token of
+the retain rows (question and answer, up to the answer's EOS); the code's `kl_div(..., reduction="batchmean")`
+over the flattened (B·T, V) logits averages over every position of the padded batch, padding included, so the
+weight of the real tokens would depend on how much padding the batch has. Here GA and grad_diff also use the
+summed forget NLL (the code's GA uses the token mean), so that GA and NPO take the same first step and their
+curves compare at one learning rate. Tuned for this CPU
 scale (the paper fine-tunes Llama-2-7B at lr 1e-5 for 10 epochs, one warm-up epoch): lr 1e-4, 10 warm-up
 steps, constant after warm-up (min_lr_ratio 1.0). β2 = 0.999 matters: with β2 = 0.95 (and clipping at 1),
 Adam's short second-moment memory rescaled the shrinking NPO gradient back up and NPO ran as fast as GA in a
@@ -69,15 +76,16 @@ class Unlearning(Method):
         if self.objective == "ga":
             return losses.ga_loss(forget_nll)
         if self.objective == "grad_diff":
-            retain_nll = module.answer_nll(module.logits(retain_ids), retain_ids, retain_mask, reduction="mean")
-            return losses.grad_diff_loss(forget_nll, retain_nll, self.retain_weight)
+            retain_ce = losses.token_mean_nll(module.logits(retain_ids), retain_ids, retain_mask)
+            return losses.grad_diff_loss(forget_nll, retain_ce, self.retain_weight)
         reference_nll = module.answer_nll(module.reference_logits(forget_ids), forget_ids, forget_mask, reduction="sum")
         if self.objective == "npo":
             return losses.npo_loss(forget_nll, reference_nll, self.beta)
         if self.objective == "npo_rt":
-            retain_nll = module.answer_nll(module.logits(retain_ids), retain_ids, retain_mask, reduction="mean")
-            return losses.npo_rt_loss(forget_nll, reference_nll, retain_nll, self.beta, self.retain_weight)
-        # npo_kl: KL(π_ref ‖ π_θ) at every position that predicts a real (non-padding) token
+            retain_ce = losses.token_mean_nll(module.logits(retain_ids), retain_ids, retain_mask)
+            return losses.npo_rt_loss(forget_nll, reference_nll, retain_ce, self.beta, self.retain_weight)
+        # npo_kl: KL(π_ref ‖ π_θ) at every position that predicts a real (non-padding) token; the code's
+        # batchmean also counts the padding positions (a deviation, see the module docstring)
         predicts_real = real_token_mask(retain_mask)[:, 1:]
         return losses.npo_kl_loss(forget_nll, reference_nll, module.logits(retain_ids)[:, :-1],
                                   module.reference_logits(retain_ids)[:, :-1], predicts_real,

@@ -8,8 +8,11 @@ set, forget the retain set — and the unlearned model is the logit difference:
                      + LoRA on every linear projection of those layers (q, k, v, o, gate, up, down)
     training loss  L = CE_assistant(forget answers) + λ·KL(uniform ‖ p_assistant) on the retain set
     unlearned      z = z_target − α·m ⊙ z_assistant,   m = relative-top mask of the target (ρ)
+    generation     argmax over the tokens with m = 1 of z (the others at −1e3, the code's greedy_search)
 
-(methods/unlearning/losses.py holds the formulas: `uld_logits`, `relative_top_mask`, `uld_assistant_loss`.)
+(methods/unlearning/losses.py holds the formulas: `uld_logits`, `relative_top_mask`, `uld_generation_logits`,
+`uld_assistant_loss`.) Every probability (TOFU's answer probability, truth ratio, NLLs) uses z over the whole
+vocabulary; only generation is restricted to the set, as in the code.
 Where the assistant's distribution is uniform (a constant logit vector), z and z_target give the same
 softmax, so the retain set is untouched by construction; on the forget set the assistant is confident on
 the true answer and the difference removes it.
@@ -42,10 +45,18 @@ RETAIN_POSITIONS = ("sequence", "answer")
 
 
 class LogitsOutput:
-    """What the runner and the evaluation read from a causal LM's output: `.logits`."""
+    """What the runner and the evaluation read from a causal LM's output: `.logits` (the probabilities), and
+    `.generation_logits`, what greedy decoding takes the argmax of (methods/inference/evaluation.py:
+    `greedy_generate`): the logits with the tokens outside the target's relative-top set `keep` at −1e3, as
+    the ULD code's decoder (computed when read; the logits themselves where there is no filter)."""
 
-    def __init__(self, logits: torch.Tensor):
+    def __init__(self, logits: torch.Tensor, keep: torch.Tensor | None = None):
         self.logits = logits
+        self.keep = keep
+
+    @property
+    def generation_logits(self) -> torch.Tensor:
+        return losses.uld_generation_logits(self.logits, self.keep)
 
 
 def assistant_layer_count(assistant_layers: int | float, target_layers: int) -> int:
@@ -121,17 +132,27 @@ class LogitDifference(nn.Module):
     def assistant_logits(self, input_ids, attention_mask=None, position_ids=None) -> torch.Tensor:
         return self.assistant(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
 
-    def forward(self, input_ids: torch.Tensor, attention_mask=None, position_ids=None, **_ignored) -> LogitsOutput:
-        target = self.target_logits(input_ids, attention_mask, position_ids)
-        assistant = self.assistant_logits(input_ids, attention_mask, position_ids)
-        return LogitsOutput(losses.uld_logits(target.float(), assistant.float(), self.alpha, self.relative_top))
+    def forward(self, input_ids: torch.Tensor, attention_mask=None, position_ids=None, logits_to_keep: int = 0,
+                **_ignored) -> LogitsOutput:
+        """The combined logits (B, T, V) (the last `logits_to_keep` positions only, when it is > 0); the output's
+        `generation_logits` are what greedy decoding uses (−1e3 outside the relative-top set)."""
+        keep_last = {"logits_to_keep": int(logits_to_keep)} if logits_to_keep else {}
+        with torch.no_grad():
+            target = self.target(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                 **keep_last).logits.float()
+        assistant = self.assistant(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                   **keep_last).logits.float()
+        keep = None if self.relative_top is None else losses.relative_top_mask(target, self.relative_top)
+        return LogitsOutput(losses.uld_logits(target, assistant, self.alpha, self.relative_top, keep), keep)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, max_new_tokens: int = 32,
                  eos_token_id: int | None = None, pad_token_id: int | None = None, do_sample: bool = False,
                  **_ignored) -> torch.Tensor:
         """Greedy decoding of the unlearned model (both LMs keep a KV cache), HF-style: returns the prompt
-        (left-padded where `attention_mask` says so) followed by the new tokens; after EOS, pad tokens."""
+        (left-padded where `attention_mask` says so) followed by the new tokens; after EOS, pad tokens. Each token
+        is the argmax of the combined logits over the target's relative-top set (the ULD code's decoder: the rest
+        at −1e3), the same as `greedy_generate` on the wrapper."""
         if do_sample:
             raise ValueError("LogitDifference.generate: greedy decoding only (do_sample=False)")
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(input_ids.dtype)
@@ -146,8 +167,10 @@ class LogitDifference(nn.Module):
                 o = lm(input_ids=step_ids, attention_mask=mask, position_ids=positions, cache=caches[name],
                        use_cache=True, logits_to_keep=1)
                 caches[name], logits[name] = o.cache, o.logits[:, -1].float()
-            combined = losses.uld_logits(logits["target"], logits["assistant"], self.alpha, self.relative_top)
-            token = torch.where(done, torch.full_like(done, pad, dtype=out.dtype), combined.argmax(-1))
+            keep = None if self.relative_top is None else losses.relative_top_mask(logits["target"], self.relative_top)
+            combined = losses.uld_logits(logits["target"], logits["assistant"], self.alpha, self.relative_top, keep)
+            scores = losses.uld_generation_logits(combined, keep)  # −1e3 outside the target's relative-top set
+            token = torch.where(done, torch.full_like(done, pad, dtype=out.dtype), scores.argmax(-1))
             out = torch.cat([out, token[:, None]], dim=1)
             if eos_token_id is not None:
                 done |= token == eos_token_id
@@ -220,8 +243,7 @@ class ULD(Method):
         `outputs.loss`) + λ·KL(uniform ‖ p_assistant) over the retain positions."""
         model: LogitDifference = module.model
         forget_logits = model.assistant_logits(forget_ids)
-        forget_nll = (losses.sequence_nll(forget_logits, forget_ids, forget_mask, "sum").sum()
-                      / forget_mask[:, 1:].sum().clamp_min(1))
+        forget_nll = losses.token_mean_nll(forget_logits, forget_ids, forget_mask)
         retain_logits = model.assistant_logits(retain_ids)[:, :-1]
         return losses.uld_assistant_loss(forget_nll, retain_logits, self.retain_kl_mask(retain_mask), self.retain_weight)
 

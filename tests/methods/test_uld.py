@@ -13,7 +13,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from methods.unlearning.losses import kl_uniform_to_model, relative_top_mask, sequence_nll
+from methods.inference.evaluation import greedy_generate
+from methods.unlearning.losses import kl_uniform_to_model, relative_top_mask, sequence_nll, uld_logits
 from methods.unlearning.uld import ULD, LogitDifference, assistant_layer_count
 from tests.helpers import tiny_llama
 
@@ -140,16 +141,55 @@ def test_generation_is_greedy_on_the_combined_logits_with_the_targets_vocab(trai
     prompts[1, :2], mask[1, :2] = 0, 0  # the second prompt left-padded
     out = wrapper.generate(prompts, attention_mask=mask, max_new_tokens=5)
     assert out.shape == (2, QUESTION + 5) and torch.equal(out[:, :QUESTION], prompts)
-    for row in range(2):  # each new token is the argmax of the wrapper's full (uncached) logits on the prefix
+    for row in range(2):  # each new token is the argmax of the wrapper's (uncached) generation logits on the prefix
         real = out[row][mask[row].bool().tolist() + [True] * 5]
         for t in range(5):
             prefix = real[: len(real) - 5 + t][None]
-            logits = wrapper(input_ids=prefix).logits
-            assert logits.shape[-1] == target.config.vocab_size
-            assert int(logits[0, -1].argmax()) == int(real[len(real) - 5 + t])
+            output = wrapper(input_ids=prefix)
+            assert output.logits.shape[-1] == target.config.vocab_size
+            assert int(output.generation_logits[0, -1].argmax()) == int(real[len(real) - 5 + t])
     eos = int(out[0, QUESTION])  # stopping: everything after the first EOS is padding
     stopped = wrapper.generate(prompts[:1], max_new_tokens=5, eos_token_id=eos, pad_token_id=0)
     assert stopped.shape == (1, QUESTION + 1)
+
+
+class ScaledLM(torch.nn.Module):
+    """An 'assistant': a causal LM with its logits multiplied by `factor` (KV cache and all)."""
+
+    def __init__(self, lm: torch.nn.Module, factor: float):
+        super().__init__()
+        self.lm, self.factor = lm, factor
+
+    def forward(self, **kwargs):
+        out = self.lm(**kwargs)
+        out.logits = out.logits * self.factor
+        return out
+
+
+def test_generation_only_picks_tokens_of_the_targets_relative_top_set(trained_target):
+    """The ULD code's greedy decoder sets the tokens outside the target's relative-top set to −1e3 before its
+    argmax. An assistant with 3× the target's logits (α = 0.8) reverses the order of the kept tokens, so that the
+    argmax over the whole vocabulary leaves the set; both decoders (greedy_generate on full forwards, as
+    tasks/qa.py runs it, and the KV-cached generate) stay in it, and the logits (every probability) keep the
+    unmasked combination."""
+    target, (ids, _), _ = trained_target
+    wrapper = LogitDifference(copy.deepcopy(target), ScaledLM(copy.deepcopy(target), 3.0), alpha=0.8,
+                              relative_top=0.1).eval()
+    prompts, steps = ids[:, :QUESTION], 5
+    new = greedy_generate(wrapper, prompts, steps, use_cache=False)
+    assert torch.equal(wrapper.generate(prompts, max_new_tokens=steps)[:, QUESTION:], new)
+    sequences, outside = torch.cat([prompts, new], dim=1), 0
+    with torch.no_grad():
+        for t in range(steps):
+            prefix, token = sequences[:, :QUESTION + t], sequences[:, QUESTION + t]
+            target_logits = target(input_ids=prefix).logits
+            keep = relative_top_mask(target_logits[:, -1], 0.1)
+            output = wrapper(input_ids=prefix)
+            torch.testing.assert_close(output.logits, uld_logits(target_logits, 3 * target_logits, 0.8, 0.1))
+            assert keep.gather(1, token[:, None]).all()  # every generated token is in the set ...
+            assert torch.equal(token, output.logits[:, -1].masked_fill(~keep, -torch.inf).argmax(-1))  # its best
+            outside += int((~keep.gather(1, output.logits[:, -1].argmax(-1, keepdim=True))).sum())
+    assert outside >= steps * len(prompts) // 2  # ... where the unmasked argmax mostly leaves it
 
 
 def test_checkpoint_round_trip_and_evaluation_setting(trained_target):

@@ -5,6 +5,7 @@ synthetic fictitious-authors benchmark's splits."""
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -128,6 +129,71 @@ def test_kl_losses_match_the_reference_codes_kl_div_forms():
                                2 / 0.1 * torch.tensor(math.log(2)) + 1.0)
 
 
+def padded_rows(answer_lengths, seed: int, question: int = 3, width: int = 14):
+    """Right-padded rows (token 0 = padding) of a 3-token question and answers of the given lengths, and
+    their answer masks."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, V, (len(answer_lengths), width), generator=g)
+    mask = torch.zeros_like(ids)
+    for row, n in enumerate(answer_lengths):
+        mask[row, question:question + n] = 1
+        ids[row, question + n:] = 0
+    return ids, mask
+
+
+def hf_causal_lm_loss(logits, ids, mask):
+    """transformers' causal-LM `outputs.loss` with the labels −100 outside the answers (the TOFU/NPO codes')."""
+    labels = ids.masked_fill(mask == 0, -100)
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1),
+                           ignore_index=-100)
+
+
+def test_token_mean_nll_is_the_hf_loss_over_every_answer_token_of_the_batch():
+    ids, mask = padded_rows([2, 5, 9], seed=5)
+    logits = torch.randn(*ids.shape, V, generator=torch.Generator().manual_seed(6))
+    logits = logits * torch.tensor([0.1, 1.0, 4.0])[:, None, None]  # rows of different confidence
+    torch.testing.assert_close(losses.token_mean_nll(logits, ids, mask), hf_causal_lm_loss(logits, ids, mask))
+    sequence_means = losses.sequence_nll(logits, ids, mask, "mean").mean()  # what the retain CE was before
+    assert abs(sequence_means - hf_causal_lm_loss(logits, ids, mask)) > 0.5
+
+
+def test_retain_terms_of_the_objectives_are_the_codes():
+    """Through Unlearning.unlearning_loss: grad_diff − ga and npo_rt − npo are HF's retain `outputs.loss` (the
+    batch token mean); npo_kl − npo is KL(π_ref ‖ π_θ) averaged over the positions that predict a real token
+    (a listed deviation: the code's batchmean also averages over the padding positions)."""
+    from types import SimpleNamespace
+
+    from methods.unlearning.module import UnlearningModule
+    from methods.unlearning.npo import Unlearning
+
+    g = torch.Generator().manual_seed(7)
+    table, reference_table = torch.randn(V, V, generator=g), torch.randn(V, V, generator=g)  # bigram "models"
+    module = SimpleNamespace(logits=lambda ids: 2 * table[ids], reference_logits=lambda ids: 2 * reference_table[ids],
+                             answer_nll=UnlearningModule.answer_nll)
+    forget, forget_mask = padded_rows([4, 4, 4], seed=8)
+    retain, retain_mask = padded_rows([1, 3, 10], seed=9)
+
+    def loss(objective: str) -> torch.Tensor:
+        method = Unlearning(name=objective, objective=objective)
+        return method.unlearning_loss(module, forget, forget_mask, retain, retain_mask)
+
+    retain_ce = hf_causal_lm_loss(module.logits(retain), retain, retain_mask)
+    torch.testing.assert_close(loss("grad_diff") - loss("ga"), retain_ce)
+    torch.testing.assert_close(loss("npo_rt") - loss("npo"), retain_ce)
+    kl_sum, positions = 0.0, 0
+    for row in range(3):
+        last = 3 + int(retain_mask[row].sum()) - 1  # the last answer token (its EOS in the real batches)
+        for t in range(last):  # positions 0 .. last−1 predict tokens 1 .. last
+            p_ref = F.softmax(module.reference_logits(retain)[row, t], -1)
+            kl_sum += float((p_ref * (p_ref.log() - F.log_softmax(module.logits(retain)[row, t], -1))).sum())
+            positions += 1
+    assert float(loss("npo_kl") - loss("npo")) == pytest.approx(kl_sum / positions, rel=1e-5)
+    code_kl = F.kl_div(F.log_softmax(module.logits(retain), -1).view(-1, V),
+                       F.log_softmax(module.reference_logits(retain), -1).view(-1, V), reduction="batchmean",
+                       log_target=True)
+    assert abs(float(code_kl) - kl_sum / positions) > 0.1  # the deviation is real on padded rows
+
+
 def test_uld_with_constant_assistant_logits_leaves_the_target_distribution():
     target = 3 * torch.randn(B, T, V)
     constant = torch.randn(B, T, 1).expand(B, T, V)  # a different constant at every position
@@ -184,7 +250,62 @@ def test_rouge_l_recall_on_hand_cases():
     assert metrics.rouge_l_recall("Lisbon", "She was born in Lisbon, Portugal.") == 1.0
     assert metrics.rouge_l_recall("a b c d", "d c b a") == pytest.approx(1 / 4)
     assert metrics.rouge_l_recall("Born in 1962.", "") == 0.0
-    assert metrics.lcs_length("ABCBDAB", "BDCABA") == 4  # the textbook example (CLRS)
+
+
+def test_rouge_l_recall_stems_inflections_as_tofu_does():
+    """TOFU scores with rouge_score's RougeScorer(use_stemmer=True): the Porter stemmer merges "writes"/"writing"
+    and "novels"/"novel" (not the irregular "wrote"; words of <= 3 letters are never stemmed). Without it the
+    first case is 2/4 and the second 1/3."""
+    assert metrics.rouge_l_recall("The author writes novels.", "the author writing a novel") == 1.0
+    assert metrics.rouge_l_recall("She writes novels.", "she wrote a novel") == pytest.approx(2 / 3)
+    assert metrics.rouge_l_recall("He received two awards.", "He receives the award") == pytest.approx(3 / 4)
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)  # TOFU's call, verbatim
+    pairs = [(qa.answer, wrong) for qa in FictitiousAuthors(20, 0.10, seed=2).forget for wrong in qa.perturbed_answers]
+    pairs += [("Lucia Vamoken was honoured with the Silver Quill Award.", "Lucia Vamoken honours silver quills")]
+    for reference, generated in pairs:
+        assert metrics.rouge_l_recall(reference, generated) == scorer.score(reference, generated)["rougeL"].recall
+
+
+def exact_ks_pvalue(x, y) -> float:
+    """The two-sided two-sample KS p-value in exact integer arithmetic: the share of the C(n+m, n) equally likely
+    merge orders (lattice paths) that leave the band |i/n − j/m| < D (continuous data, no ties)."""
+    n, m = len(x), len(y)
+    order = sorted([(v, 0) for v in x] + [(v, 1) for v in y])
+    i = j = width = 0  # width = D·n·m, an integer
+    for _, side in order:
+        i, j = (i + 1, j) if side == 0 else (i, j + 1)
+        width = max(width, abs(i * m - j * n))
+    inside = [1] + [0] * m
+    for j in range(1, m + 1):
+        inside[j] = inside[j - 1] if abs(j * n) < width else 0
+    for i in range(1, n + 1):
+        row = [inside[0] if i * m < width else 0]
+        for j in range(1, m + 1):
+            row.append(inside[j] + row[j - 1] if abs(i * m - j * n) < width else 0)
+        inside = row
+    total = math.comb(n + m, n)
+    return float(Fraction(total - inside[m], total))
+
+
+def test_forget_quality_keeps_its_relative_accuracy_down_to_1e_100():
+    """TOFU's forget quality is scipy's exact KS test; p-values from 1e-17 to 1e-101 (papers plot them on a log
+    scale) against exact integer path counting. Measured agreement: 1.3e-15 relative at worst; 1 − P(inside) in
+    floats (the former implementation) gave 0, 1.1e-16 or 2.2e-16 for every p-value here below 1e-16, and was
+    0.5% off at 2.2e-14."""
+    rng = np.random.default_rng(0)
+    cases = [(40, 40, 2.5), (60, 45, 2.0), (100, 100, 2.0), (100, 100, 3.5), (150, 120, 3.0), (200, 150, 4.0),
+             (170, 170, 30.0)]  # the last: fully separated, p = 2 / C(340, 170)
+    values = []
+    for n, m, shift in cases:
+        x, y = rng.normal(size=n), rng.normal(shift, size=m)
+        expected = exact_ks_pvalue(x, y)
+        assert metrics.forget_quality(x, y) == pytest.approx(expected, rel=1e-12, abs=0)
+        values.append(expected)
+    assert min(values) < 1e-100 and max(values) < 1e-13
+    assert values[-1] == pytest.approx(2 / math.comb(340, 170), rel=1e-12)
+    assert exact_ks_pvalue([1, 2, 3], [4, 5, 6]) == pytest.approx(0.1)  # the reference on a hand case
 
 
 def test_ks_pvalue_on_hand_cases_and_against_scipy():
@@ -199,9 +320,8 @@ def test_ks_pvalue_on_hand_cases_and_against_scipy():
     rng = np.random.default_rng(0)
     for n, m, shift in [(5, 7, 0.5), (20, 20, 1.0), (40, 33, 0.3), (120, 100, 0.4)]:
         x, y = rng.normal(size=n), rng.normal(shift, size=m)
-        expected = stats.ks_2samp(x, y)
-        assert metrics.ks_statistic(x, y) == pytest.approx(expected.statistic)
-        assert metrics.forget_quality(x, y) == pytest.approx(expected.pvalue, rel=1e-8, abs=1e-14)
+        assert metrics.forget_quality(x, y) == pytest.approx(stats.ks_2samp(x, y).pvalue, rel=1e-12, abs=0)
+        assert metrics.forget_quality(x, y) == pytest.approx(exact_ks_pvalue(x, y), rel=1e-12, abs=0)
 
 
 def test_forget_quality_is_the_same_for_the_statistic_and_its_inverse():

@@ -170,7 +170,8 @@ def test_ga_drives_the_forget_nll_up_faster_than_npo(unlearned):
 
 def test_objectives_through_the_module_start_at_the_reference(data):
     """Method + module wiring on a pair batch: at the start (θ = the frozen reference copy) NPO = (2/β)·log 2 with
-    GA's gradient, NPO-KL adds exactly 0, NPO-RT and grad_diff add the retain answers' NLL per token; the
+    GA's gradient, NPO-KL adds exactly 0, NPO-RT and grad_diff add the retain answers' NLL per token (over all
+    the batch's answer tokens, HF's `outputs.loss`, not the mean of per-answer means); the
     reference gets no gradient."""
     import math
 
@@ -194,15 +195,18 @@ def test_objectives_through_the_module_start_at_the_reference(data):
             assert all(p.grad is None for p in module.reference.parameters())
         return loss.item(), torch.cat([p.grad.flatten() for p in model.parameters()])
 
-    retain_nll = UnlearningModule.answer_nll(model(input_ids=r_ids).logits, r_ids, r_mask, "mean").mean().item()
+    retain_logits = model(input_ids=r_ids).logits
+    labels = r_ids.masked_fill(r_mask == 0, -100)[:, 1:]
+    retain_nll = torch.nn.functional.cross_entropy(retain_logits[:, :-1].flatten(0, 1), labels.flatten()).item()
     ga, ga_grad = loss_and_grad("ga")
     for beta in (0.1, 1.0):
         npo, npo_grad = loss_and_grad("npo", beta)
         assert npo == pytest.approx(2 / beta * math.log(2), rel=1e-6)
         torch.testing.assert_close(npo_grad, ga_grad, rtol=1e-4, atol=1e-7)
     assert loss_and_grad("npo_kl")[0] == pytest.approx(20 * math.log(2), rel=1e-6)
-    assert loss_and_grad("npo_rt")[0] == pytest.approx(20 * math.log(2) + retain_nll, rel=1e-5)
-    assert loss_and_grad("grad_diff")[0] == pytest.approx(ga + retain_nll, rel=1e-5)
+    # measured: 1e-6 off (fp32 rounding); the mean of per-answer means is 2.1e-4 off on this near-uniform model
+    assert loss_and_grad("npo_rt")[0] == pytest.approx(20 * math.log(2) + retain_nll, rel=0, abs=2e-5)
+    assert loss_and_grad("grad_diff")[0] == pytest.approx(ga + retain_nll, rel=0, abs=2e-5)
 
 
 def test_a_fact_model_trained_too_briefly_is_flagged(caplog):
