@@ -15,8 +15,9 @@ import torch
 
 from methods.inference.evaluation import greedy_generate
 from methods.unlearning.losses import kl_uniform_to_model, relative_top_mask, sequence_nll, uld_logits
-from methods.unlearning.uld import ULD, LogitDifference, assistant_layer_count
-from tests.helpers import tiny_llama
+from tests.helpers import lazy_import, tiny_llama
+
+uld = lazy_import("methods.unlearning.uld")  # imports Lightning (seconds): when a test first needs it
 
 VOCAB, LENGTH, QUESTION = 64, 12, 6
 
@@ -56,7 +57,7 @@ def trained_target():
 
 def test_constant_assistant_logits_leave_the_target_distribution(trained_target):
     target, (ids, _), _ = trained_target
-    wrapper = LogitDifference(copy.deepcopy(target), ConstantPerPosition(), alpha=0.8, relative_top=None)
+    wrapper = uld.LogitDifference(copy.deepcopy(target), ConstantPerPosition(), alpha=0.8, relative_top=None)
     target_logits = target(input_ids=ids).logits
     combined = wrapper(input_ids=ids).logits
     torch.testing.assert_close(combined.softmax(-1), target_logits.softmax(-1), atol=1e-6, rtol=0)
@@ -75,20 +76,20 @@ def test_assistant_at_lora_init_is_the_targets_first_k_layers_exactly(trained_ta
     target, (ids, _), _ = trained_target
     target = copy.deepcopy(target)  # output_hidden_states installs hooks that do not pickle: keep them off the fixture
     for layers, k in ((0.25, 1), (0.5, 2), (3, 3)):
-        wrapper = ULD(assistant_layers=layers).prepare_model(copy.deepcopy(target)).eval()
+        wrapper = uld.ULD(assistant_layers=layers).prepare_model(copy.deepcopy(target)).eval()
         assert len(wrapper.assistant.get_base_model().model.layers) == k
         hidden = target(input_ids=ids, output_hidden_states=True).hidden_states[k]  # output of layer k
         truncated = target.lm_head(target.model.norm(hidden))
         assert torch.equal(wrapper.assistant_logits(ids), truncated)
-    assert assistant_layer_count(0.25, 32) == 8  # the paper's 8 of Llama-2-7B's 32 layers
+    assert uld.assistant_layer_count(0.25, 32) == 8  # the paper's 8 of Llama-2-7B's 32 layers
     with pytest.raises(ValueError, match="assistant_layers"):
-        assistant_layer_count(5, 4)
+        uld.assistant_layer_count(5, 4)
 
 
 def test_training_moves_only_lora_and_makes_the_combination_forget(trained_target):
     target, (forget, fmask), (retain, rmask) = trained_target
     torch.manual_seed(0)
-    method = ULD(assistant_layers=0.25, lr=1e-2)
+    method = uld.ULD(assistant_layers=0.25, lr=1e-2)
     wrapper = method.prepare_model(copy.deepcopy(target))
     target_before = {k: v.clone() for k, v in wrapper.target.state_dict().items()}
     optimizer = method.build_optimizer(wrapper)
@@ -133,7 +134,7 @@ def test_training_moves_only_lora_and_makes_the_combination_forget(trained_targe
 def test_generation_is_greedy_on_the_combined_logits_with_the_targets_vocab(trained_target):
     target, (ids, _), _ = trained_target
     torch.manual_seed(0)
-    wrapper = ULD(assistant_layers=2).prepare_model(copy.deepcopy(target)).eval()
+    wrapper = uld.ULD(assistant_layers=2).prepare_model(copy.deepcopy(target)).eval()
     for p in wrapper.assistant.parameters():  # a trained-looking assistant (LoRA B no longer 0)
         p.data.add_(torch.randn_like(p) * 0.05)
     prompts = ids[:2, :QUESTION].clone()
@@ -167,13 +168,13 @@ class ScaledLM(torch.nn.Module):
 
 
 def test_generation_only_picks_tokens_of_the_targets_relative_top_set(trained_target):
-    """The ULD code's greedy decoder sets the tokens outside the target's relative-top set to −1e3 before its
+    """The uld.ULD code's greedy decoder sets the tokens outside the target's relative-top set to −1e3 before its
     argmax. An assistant with 3× the target's logits (α = 0.8) reverses the order of the kept tokens, so that the
     argmax over the whole vocabulary leaves the set; both decoders (greedy_generate on full forwards, as
     tasks/qa.py runs it, and the KV-cached generate) stay in it, and the logits (every probability) keep the
     unmasked combination."""
     target, (ids, _), _ = trained_target
-    wrapper = LogitDifference(copy.deepcopy(target), ScaledLM(copy.deepcopy(target), 3.0), alpha=0.8,
+    wrapper = uld.LogitDifference(copy.deepcopy(target), ScaledLM(copy.deepcopy(target), 3.0), alpha=0.8,
                               relative_top=0.1).eval()
     prompts, steps = ids[:, :QUESTION], 5
     new = greedy_generate(wrapper, prompts, steps, use_cache=False)
@@ -194,7 +195,7 @@ def test_generation_only_picks_tokens_of_the_targets_relative_top_set(trained_ta
 
 def test_checkpoint_round_trip_and_evaluation_setting(trained_target):
     target, (ids, _), (_, rmask) = trained_target
-    method = ULD(assistant_layers=2)
+    method = uld.ULD(assistant_layers=2)
     wrapper = method.prepare_model(copy.deepcopy(target)).eval()
     for p in wrapper.assistant.parameters():
         p.data.add_(torch.randn_like(p) * 0.05)
@@ -215,7 +216,7 @@ def test_checkpoint_round_trip_and_evaluation_setting(trained_target):
     # the retain KL covers question + answer positions and no padding after the answer
     padded = torch.cat([rmask[:1], torch.zeros_like(rmask[:1, :3])], dim=1)
     assert method.retain_kl_mask(padded).tolist() == [[1] * (LENGTH - 1) + [0] * 3]
-    assert ULD(retain_positions="answer").retain_kl_mask(padded).tolist() == [padded[0, 1:].tolist()]
+    assert uld.ULD(retain_positions="answer").retain_kl_mask(padded).tolist() == [padded[0, 1:].tolist()]
     # a dry run's optimizer state counts the LoRA factors only
     lora = sum(p.numel() for p in wrapper.parameters() if p.requires_grad)
     assert method.optimizer_state_bytes(target) == 8 * lora
@@ -225,4 +226,4 @@ def test_checkpoint_round_trip_and_evaluation_setting(trained_target):
                                       {"lora_rank": 0}])
 def test_bad_options_are_one_line_errors(override):
     with pytest.raises(ValueError, match=f"method.{next(iter(override))}"):
-        ULD(**override)
+        uld.ULD(**override)

@@ -138,6 +138,7 @@ def unlearned(tmp_path_factory):
     return out, fact, retain_only
 
 
+@pytest.mark.e2e
 def test_the_fact_model_learned_the_facts_and_the_retain_model_only_the_retain_ones(unlearned):
     _, fact, retain_only = unlearned
     assert fact["eval/forget_prob"] > 0.6 and fact["eval/retain_prob"] > 0.6
@@ -146,6 +147,7 @@ def test_the_fact_model_learned_the_facts_and_the_retain_model_only_the_retain_o
     assert retain_only["eval/forget_prob"] < 0.3 * fact["eval/forget_prob"]
 
 
+@pytest.mark.e2e
 def test_npo_forgets_the_forget_set_faster_than_the_retain_set(unlearned):
     runs, fact, retain_only = unlearned
     npo = runs[("npo", LRS["slow"])]
@@ -156,6 +158,7 @@ def test_npo_forgets_the_forget_set_faster_than_the_retain_set(unlearned):
     assert 0 <= npo["eval/forget_quality"] <= 1 and "eval/model_utility" in npo
 
 
+@pytest.mark.e2e
 def test_ga_drives_the_forget_nll_up_faster_than_npo(unlearned):
     """The paper's claim (sec. 3-4): NPO's per-sequence weight vanishes as the forget answers become unlikely,
     so at the same learning rate it diverges far slower than gradient ascent."""
@@ -235,6 +238,7 @@ def test_a_fact_model_trained_too_briefly_is_flagged(caplog):
     assert not warned(["dataset=fictitious-authors", "base_steps=100"], own_model=False)
 
 
+@pytest.mark.e2e
 def test_an_unlearning_run_resumes_exactly(tmp_path):
     """Through the runner: npo_kl (a frozen reference in the module, pair batches) resumed from its step-3
     checkpoint ends with the train/val losses and the TOFU metrics of the uninterrupted run."""
