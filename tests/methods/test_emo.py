@@ -8,7 +8,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import LlamaForCausalLM
 
 from kernels.tracking import LargestAllocation
 from methods.losses.emo import (
@@ -57,7 +56,7 @@ def test_forward_value_equals_cross_entropy_but_gradient_differs():
     assert (g_emo - g_ce).abs().max() > 1e-3
 
 
-def llama(vocab=64, seed=0) -> LlamaForCausalLM:
+def llama(vocab=64, seed=0):  # a transformers LlamaForCausalLM
     return tiny_llama(vocab, seed=seed)
 
 

@@ -11,7 +11,6 @@ import random
 
 import pytest
 import torch
-from transformers import LlamaForCausalLM
 
 from methods.compression.evopress import (
     Database,
@@ -27,7 +26,7 @@ BITS = [2, 3, 4, 8]
 
 
 
-def llama(layers: int = 2, seed: int = 0) -> LlamaForCausalLM:
+def llama(layers: int = 2, seed: int = 0):  # a transformers LlamaForCausalLM
     return tiny_llama(1024, hidden=64, intermediate=128, layers=layers, heads=2, max_pos=64, init_std=0.1,
                       seed=seed).eval()
 

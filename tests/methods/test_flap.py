@@ -11,7 +11,6 @@ import io
 import pytest
 import torch
 from torch import nn
-from transformers import LlamaForCausalLM
 
 from methods.compression.flap import (
     ConstantAttention,
@@ -32,7 +31,7 @@ HEAD_DIM = HIDDEN // HEADS
 
 
 
-def llama(seed: int = 0, kv_heads: int = HEADS) -> LlamaForCausalLM:
+def llama(seed: int = 0, kv_heads: int = HEADS):  # a transformers LlamaForCausalLM
     # init_std 0.2: O(1) activations, so that 1e-5 tolerances mean something
     return tiny_llama(VOCAB, hidden=HIDDEN, intermediate=INTER, heads=HEADS, kv_heads=kv_heads, max_pos=64,
                       init_std=0.2, seed=seed).eval()

@@ -9,7 +9,6 @@ import math
 
 import pytest
 import torch
-from transformers import LlamaForCausalLM
 
 from methods.optimizers.frugal import FRUGAL, Frugal, projectable_parameters, select_blocks
 from tests.conftest import TINY, run_cli, run_dirs
@@ -19,7 +18,7 @@ VOCAB = 64
 
 
 
-def llama(layers: int = 2, device: str = "cpu", seed: int = 0) -> LlamaForCausalLM:
+def llama(layers: int = 2, device: str = "cpu", seed: int = 0):  # a transformers LlamaForCausalLM
     return tiny_llama(VOCAB, layers=layers, max_pos=16, seed=seed, device=device)
 
 

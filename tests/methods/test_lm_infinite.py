@@ -11,7 +11,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from methods.inference.evaluation import greedy_generate, long_context_perplexity, passkey_correct, token_nll
 from methods.inference.lm_infinite import (
@@ -30,7 +29,7 @@ VOCAB = 64
 
 
 
-def llama(seq_len: int = 16, kv_heads: int = 2, seed: int = 0, init_std: float = 0.2) -> LlamaForCausalLM:
+def llama(seq_len: int = 16, kv_heads: int = 2, seed: int = 0, init_std: float = 0.2):  # a transformers LlamaForCausalLM
     """A random tiny RoPE Llama (GQA: 4 query heads, `kv_heads` key/value heads); init_std large enough that
     attention is far from uniform and logits are O(1)."""
     return tiny_llama(VOCAB, kv_heads=kv_heads, max_pos=seq_len, init_std=init_std, seed=seed, attn="sdpa").eval()
@@ -243,6 +242,8 @@ def test_methods_evaluate_the_same_lengths_and_only_lm_infinite_patches(token_da
     assert not vanilla.trains and not lmi.trains
     assert vanilla.stages == ["evaluate"] and lmi.stages == ["prepare_model", "evaluate"]
     torch.manual_seed(0)
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     cfg = LlamaConfig(vocab_size=token_data.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                       num_attention_heads=2, max_position_embeddings=token_data.seq_len, use_cache=False)
     model = LlamaForCausalLM(cfg).eval()

@@ -10,7 +10,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from transformers import DynamicCache, LlamaForCausalLM
 
 from methods.inference.prepacking import (
     Prepacking,
@@ -161,6 +160,8 @@ def test_without_the_block_mask_or_restarted_positions_the_logits_differ(model):
 
 
 def test_unpacked_caches_equal_individual_prefill(model):
+    from transformers import DynamicCache
+
     prompts = prompts_of(LENGTHS, seed=1)
     packed = pack_prompts(prompts)
     batch, mask = unpack_cache(prefill_packed(model, packed), packed, model.config)
@@ -190,6 +191,8 @@ def test_greedy_generations_identical_to_padded_batching_and_to_transformers_gen
 
 
 def test_eager_attention_takes_the_additive_mask(model):
+    from transformers import LlamaForCausalLM
+
     eager = LlamaForCausalLM(model.config.__class__(**{**model.config.to_dict(), "attn_implementation": "eager"})).eval()
     eager.load_state_dict(model.state_dict())
     prompts = prompts_of(LENGTHS[:6], seed=3)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import LlamaForCausalLM
 
 from kernels.tracking import LargestAllocation
 from methods.losses.z_loss import ZLoss, next_token_topk, z_loss, z_loss_from_scores, z_loss_from_statistics
@@ -145,7 +144,7 @@ def test_gradient_lies_in_span_of_scores_ones_and_target():
 VOCAB = 64
 
 
-def llama(seed=0) -> LlamaForCausalLM:
+def llama(seed=0):  # a transformers LlamaForCausalLM
     return tiny_llama(VOCAB, seed=seed)
 
 
