@@ -3,9 +3,13 @@ model overrides, and a helper that runs the real `python -m runner` in a subproc
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -34,6 +38,33 @@ def run_cli(*args: str, runs_dir: Path, check: bool = True, timeout: float = 600
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} -> {proc.returncode}\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-3000:]}")
     return proc
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def cli_in_process(args: list[str], runs: Path) -> Result:
+    """`runner.cli.main(args)` in this process, as `python -m runner <args>` runs it: its exit code and output.
+    For what needs no process of its own (preflight errors, dry runs); the e2e tests cross the boundary."""
+    from runner.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code, argv = 0, list(sys.argv)
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([*args, f"paths.runs_dir={runs}"])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        except Exception:  # a crash is not the contract: the test shows it
+            traceback.print_exc(file=err)
+            code = -1
+        finally:
+            sys.argv[:] = argv  # main() hands Hydra its arguments through sys.argv
+    return Result(code, out.getvalue(), err.getvalue())
 
 
 def kill_at_checkpoint(*args: str, runs_dir: Path, checkpoint: str, timeout: float = 300) -> tuple[Path, dict]:

@@ -58,7 +58,9 @@ def test_stdlib_corpus_is_deterministic_and_large(docs):
 def test_stdlib_corpus_is_cached_once_parsed(docs, tmp_path, monkeypatch):
     import tasks.common
 
-    assert cached_stdlib_documents(tmp_path) == docs  # parsed and written once
+    calls = []  # the parse is the `docs` fixture's (seconds): counted here, not repeated
+    monkeypatch.setattr(tasks.common, "stdlib_documents", lambda *a: calls.append(a) or list(docs))
+    assert cached_stdlib_documents(tmp_path) == docs and len(calls) == 1  # parsed and written once
     monkeypatch.setattr(tasks.common, "stdlib_documents", lambda *a: pytest.fail("parsed the stdlib again"))
     assert cached_stdlib_documents(tmp_path) == docs  # then read back
 

@@ -8,13 +8,12 @@ initialised from the baseline's checkpoint (init_from), a sweep, dry runs.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
 
 from runner.loggers import read_offline_run
-from tests.conftest import TINY, kill_at_checkpoint, run_cli, run_dirs
+from tests.conftest import TINY, cli_in_process, compose_cfg, kill_at_checkpoint, run_cli, run_dirs
 
 pytestmark = pytest.mark.e2e
 
@@ -25,6 +24,20 @@ BASE = [*TINY, f"trainer.max_steps={STEPS}", "trainer.val_every_n_steps=30", "tr
 
 def _summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
+
+
+def _run_in_process(overrides: list[str], runs_dir: Path) -> dict:
+    """runner.train.run on the composed config, in this process (what does not need a process of its own): its
+    summary.json, after checking there is exactly one run directory."""
+    import torch
+
+    from runner.train import run
+
+    run_dir = runs_dir / "in-process" / "run"
+    with torch.random.fork_rng():
+        run(compose_cfg([*overrides, f"paths.runs_dir={runs_dir}"]), run_dir=run_dir)
+    assert run_dirs(runs_dir) == [run_dir]
+    return _summary(run_dir)
 
 
 @pytest.fixture(scope="session")
@@ -134,9 +147,8 @@ def test_resume_auto_finds_the_run(tmp_path):
 
 def test_init_from_checkpoint_reproduces_val_loss(baseline, tmp_path):
     run_dir, _ = baseline
-    run_cli(*BASE, f"model.init_from={run_dir}", "trainer.max_steps=0", "logger=none", runs_dir=tmp_path)
-    (d,) = run_dirs(tmp_path)
-    assert _summary(d)["val/loss"] == pytest.approx(_summary(run_dir)["val/loss"], abs=1e-5)
+    s = _run_in_process([*BASE, f"model.init_from={run_dir}", "trainer.max_steps=0", "logger=none"], tmp_path)
+    assert s["val/loss"] == pytest.approx(_summary(run_dir)["val/loss"], abs=1e-5)
 
 
 def test_local_jsonl_dataset(tmp_path):
@@ -148,10 +160,8 @@ def test_local_jsonl_dataset(tmp_path):
     with path.open("w") as f:
         for _ in range(400):
             f.write(json.dumps({"text": " ".join(rng.choice(words) for _ in range(60))}) + "\n")
-    run_cli(*TINY, "dataset=local", f"dataset.path={path}", "dataset.tokenizer.vocab_size=300",
-            "dataset.val_fraction=0.1", "trainer=smoke", "logger=none", runs_dir=tmp_path / "runs")
-    (d,) = run_dirs(tmp_path / "runs")
-    s = _summary(d)
+    s = _run_in_process([*TINY, "dataset=local", f"dataset.path={path}", "dataset.tokenizer.vocab_size=300",
+                         "dataset.val_fraction=0.1", "trainer=smoke", "logger=none"], tmp_path / "runs")
     assert s["config"]["dataset"]["path"] == str(path)
     assert s["data/train_docs"] + s["data/val_docs"] == 400
     assert 0 < s["data/val_docs"] < 100
@@ -171,11 +181,11 @@ def test_sweep_runs_each_job_as_its_own_wandb_run_in_one_group(tmp_path):
 
 
 def test_dry_run_plans_a_1b_model_without_allocating(tmp_path):
-    t0 = time.time()
-    one = run_cli("model=llama-1b", "hardware=h100", "dry_run=true", runs_dir=tmp_path)
-    assert time.time() - t0 < 60
+    one = cli_in_process(["model=llama-1b", "hardware=h100", "dry_run=true"], tmp_path)
+    assert one.returncode == 0, one.stderr
     assert "1,339,082,752" in one.stdout
-    eight = run_cli("model=llama-1b", "hardware=h100x8", "dry_run=true", runs_dir=tmp_path)
+    eight = cli_in_process(["model=llama-1b", "hardware=h100x8", "dry_run=true"], tmp_path)
+    assert eight.returncode == 0, eight.stderr
     plans = sorted(tmp_path.glob("*/*/dry_run.json"), key=lambda p: p.stat().st_mtime)
     a, b = (json.loads(p.read_text())["bytes_per_gpu"] for p in plans)
     assert b["parameters"] == pytest.approx(a["parameters"] / 8)

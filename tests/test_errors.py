@@ -5,12 +5,7 @@ process; two of them also run as a real process. Also `runner.config.validate` d
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
-import traceback
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from omegaconf import open_dict
@@ -18,7 +13,7 @@ from omegaconf import open_dict
 from runner.cli import EXIT_CONFIG
 from runner.config import validate
 from runner.errors import ConfigError
-from tests.conftest import compose_cfg, run_cli
+from tests.conftest import cli_in_process, compose_cfg, run_cli
 
 # id -> (overrides, [substrings every one of which stderr must contain])
 CASES = {
@@ -56,31 +51,6 @@ CASES = {
 }
 UNKNOWN_KEY_CASES = {"unknown-top-key", "unknown-nested-key", "method-arg-typo", "two-unknown-keys"}
 DEBUG_CASE = (["debug=true", "trainer.max_steps=abc"], ["trainer.max_steps"])
-
-
-@dataclass
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-def cli_in_process(args: list[str], runs: Path) -> Result:
-    """`runner.cli.main(args)` in this process, as `python -m runner <args>` runs it: its exit code and output.
-    Preflight needs no process of its own; tests/test_errors.py::test_the_process_exits_2 crosses the boundary."""
-    from runner.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main([*args, f"paths.runs_dir={runs}"])
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-        except Exception:  # a crash is not the contract: the test shows it
-            traceback.print_exc(file=err)
-            code = -1
-    return Result(code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="module")

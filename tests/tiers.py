@@ -168,4 +168,4 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     else:
         terminalreporter.write_sep("!", f"WARNING: over budget: {line}", red=True, bold=True)
         terminalreporter.write_line("A new test that costs more than ~10 s says why in its issue note; see the "
-                                    "slowest tests above, and move reproductions to the repro tier (make repro).")
+                                    "slowest tests below, and move reproductions to the repro tier (make repro).")

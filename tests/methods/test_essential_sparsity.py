@@ -9,11 +9,7 @@ import copy
 import csv
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +23,7 @@ from methods.compression.essential_sparsity import (
     prunable_linears,
     sparsity_of,
 )
-from tests.conftest import BASE, REPO, run_cli
+from tests.conftest import BASE, compose_cfg
 from tests.helpers import tiny_llama
 
 VOCAB = 96
@@ -188,44 +184,31 @@ def _train_losses(run_dir: Path) -> dict[int, float]:
     return {int(r["step"]): float(r["train/loss"]) for r in _csv_rows(run_dir) if r.get("train/loss")}
 
 
-def _runner(runs: Path, log: Path) -> subprocess.Popen:
-    with log.open("w") as err:
-        return subprocess.Popen([sys.executable, "-m", "runner", *FINETUNE, f"paths.runs_dir={runs}"], cwd=REPO,
-                                stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, "CI": "1"},
-                                start_new_session=True)
+def _run(run_dir: Path, *extra: str) -> None:
+    """The runner in this process on FINETUNE (its CLI and a real SIGKILL are tests/test_e2e.py's)."""
+    from runner.train import run
 
-
-def _kill(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    with torch.random.fork_rng():
+        run(compose_cfg([*FINETUNE, *extra, f"paths.runs_dir={run_dir.parent}"]), run_dir=run_dir)
 
 
 @pytest.mark.e2e
 def test_finetune_is_a_logged_resumable_train_stage(tmp_path):
-    """The uninterrupted run and the one killed (SIGKILL, after its step-2 checkpoint) run side by side on the
-    cached base model (trained once, under a lock, if missing); the killed one resumes from its directory: the
-    same per-step losses, val/loss and final model, its sparsity exact. ~26 s of CPU a CLI run, 3 runs."""
-    full_runs, killed_runs = tmp_path / "full", tmp_path / "killed"
-    full = _runner(full_runs, tmp_path / "full.err")
-    killed = _runner(killed_runs, tmp_path / "killed.err")
-    try:
-        target, deadline = None, time.time() + 300
-        while time.time() < deadline and killed.poll() is None:
-            found = list(killed_runs.glob("*/*/checkpoints/step000002.ckpt"))  # written atomically
-            if found:
-                target = found[0]
-                break
-            time.sleep(0.01)
-        assert target is not None, f"no checkpoint appeared: {(tmp_path / 'killed.err').read_text()[-2000:]}"
-        _kill(killed)
-        killed_dir = target.parent.parent
-        assert not (killed_dir / "summary.json").exists(), "the run finished before it was killed"
-        assert full.wait(timeout=300) == 0, (tmp_path / "full.err").read_text()[-3000:]
-    finally:
-        _kill(killed)
-        _kill(full)
-    (full_dir,) = (p.parent for p in full_runs.glob("*/*/summary.json"))
+    """The uninterrupted run on the cached base model (trained once, under a lock, if missing); then a copy of
+    its directory as a crash after the step-2 checkpoint leaves it (no later checkpoint, no summary, no CSV, no
+    saved model) resumes: the same per-step losses, val/loss and final model, its sparsity exact."""
+    full_dir, killed_dir = tmp_path / "full" / "run", tmp_path / "killed" / "run"
+    _run(full_dir)
+    shutil.copytree(full_dir, killed_dir, symlinks=True)
+    for f in (killed_dir / "checkpoints").iterdir():
+        if f.name != "step000002.ckpt":
+            f.unlink()
+    for gone in ("summary.json", "csv", "compressed"):
+        path = killed_dir / gone
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
     # the uninterrupted run: a train stage of finetune_steps steps, train/loss logged at every one
     ref = json.loads((full_dir / "summary.json").read_text())
@@ -239,7 +222,7 @@ def test_finetune_is_a_logged_resumable_train_stage(tmp_path):
     assert len(lrs) == 6 and all(lr == pytest.approx(2e-5) for lr in lrs)  # finetune_lr, constant
 
     # the killed run, resumed from its directory
-    run_cli(*FINETUNE, f"resume={killed_dir}", runs_dir=killed_runs)
+    _run(killed_dir, f"resume={killed_dir}")
     got = json.loads((killed_dir / "summary.json").read_text())
     assert json.loads((killed_dir / "meta.json").read_text())["resumed_from"]
     assert got["steps"] == 6 and got["tokens_seen"] == ref["tokens_seen"]
