@@ -48,13 +48,20 @@ class Result:
 
 
 def cli_in_process(args: list[str], runs: Path) -> Result:
-    """`runner.cli.main(args)` in this process, as `python -m runner <args>` runs it: its exit code and output.
-    For what needs no process of its own (preflight errors, dry runs); the e2e tests cross the boundary."""
+    """`runner.cli.main(args)` in this process, as `python -m runner <args>` runs it up to its preflight: the exit
+    code and output of a bad command line (the e2e tests cross the process boundary). A command that passes
+    preflight fails here: Hydra's job would configure logging in this process (`logging.config.dictConfig`
+    closes every handler, pytest's own included), so a run in process goes through `runner.train.run`."""
+    from unittest import mock
+
     from runner.cli import main
+
+    def no_job(*_, **__):
+        raise AssertionError(f"cli_in_process{args}: preflight passed; run it with run_cli or runner.train.run")
 
     out, err = io.StringIO(), io.StringIO()
     code, argv = 0, list(sys.argv)
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), mock.patch("hydra.main", no_job):
         try:
             main([*args, f"paths.runs_dir={runs}"])
         except SystemExit as e:
@@ -63,8 +70,19 @@ def cli_in_process(args: list[str], runs: Path) -> Result:
             traceback.print_exc(file=err)
             code = -1
         finally:
-            sys.argv[:] = argv  # main() hands Hydra its arguments through sys.argv
+            sys.argv[:] = argv
     return Result(code, out.getvalue(), err.getvalue())
+
+
+def run_in_process(overrides: list[str], run_dir: Path) -> dict:
+    """`runner.train.run` on the composed `overrides` in this process, writing `run_dir`: its summary (or its
+    plan with dry_run=true). The RNG states of the caller are kept."""
+    import torch
+
+    from runner.train import run
+
+    with torch.random.fork_rng():
+        return run(compose_cfg([*overrides, f"paths.runs_dir={run_dir.parent}"]), run_dir=run_dir)
 
 
 def kill_at_checkpoint(*args: str, runs_dir: Path, checkpoint: str, timeout: float = 300) -> tuple[Path, dict]:

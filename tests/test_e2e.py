@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from runner.loggers import read_offline_run
-from tests.conftest import TINY, cli_in_process, compose_cfg, kill_at_checkpoint, run_cli, run_dirs
+from tests.conftest import TINY, kill_at_checkpoint, run_cli, run_dirs, run_in_process
 
 pytestmark = pytest.mark.e2e
 
@@ -27,15 +27,10 @@ def _summary(run_dir: Path) -> dict:
 
 
 def _run_in_process(overrides: list[str], runs_dir: Path) -> dict:
-    """runner.train.run on the composed config, in this process (what does not need a process of its own): its
-    summary.json, after checking there is exactly one run directory."""
-    import torch
-
-    from runner.train import run
-
+    """run_in_process (what does not need a process of its own): its summary.json, after checking there is
+    exactly one run directory."""
     run_dir = runs_dir / "in-process" / "run"
-    with torch.random.fork_rng():
-        run(compose_cfg([*overrides, f"paths.runs_dir={runs_dir}"]), run_dir=run_dir)
+    run_in_process(overrides, run_dir)
     assert run_dirs(runs_dir) == [run_dir]
     return _summary(run_dir)
 
@@ -180,19 +175,19 @@ def test_sweep_runs_each_job_as_its_own_wandb_run_in_one_group(tmp_path):
     assert len(groups) == 1 and groups.pop().startswith("multirun_")
 
 
-def test_dry_run_plans_a_1b_model_without_allocating(tmp_path):
-    one = cli_in_process(["model=llama-1b", "hardware=h100", "dry_run=true"], tmp_path)
-    assert one.returncode == 0, one.stderr
-    assert "1,339,082,752" in one.stdout
-    eight = cli_in_process(["model=llama-1b", "hardware=h100x8", "dry_run=true"], tmp_path)
-    assert eight.returncode == 0, eight.stderr
+def test_dry_run_plans_a_1b_model_without_allocating(tmp_path, capsys):
+    run_in_process(["model=llama-1b", "hardware=h100", "dry_run=true"], tmp_path / "one" / "run")
+    one = capsys.readouterr().out
+    assert "1,339,082,752" in one
+    run_in_process(["model=llama-1b", "hardware=h100x8", "dry_run=true"], tmp_path / "eight" / "run")
+    eight = capsys.readouterr().out
     plans = sorted(tmp_path.glob("*/*/dry_run.json"), key=lambda p: p.stat().st_mtime)
     a, b = (json.loads(p.read_text())["bytes_per_gpu"] for p in plans)
     assert b["parameters"] == pytest.approx(a["parameters"] / 8)
     assert b["optimizer state"] == pytest.approx(a["optimizer state"] / 8)
     assert a["optimizer state"] == pytest.approx(2 * 4 * 1_339_082_752)
     assert not list(tmp_path.glob("*/*/checkpoints"))
-    assert "fsdp" in eight.stdout
+    assert "fsdp" in eight
 
 
 def test_help_and_cfg_job(tmp_path):
