@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from runner.config import group_options
-from tests.conftest import BASE, BASE_STEPS, TINY, compose_cfg, dataset_for, run_cli
+from tests.conftest import BASE, BASE_STEPS, TINY, compose_cfg, dataset_for, run_cli, run_in_process
 
 pytestmark = pytest.mark.e2e
 METHODS = group_options("method")
@@ -81,15 +81,9 @@ def method_runs(tmp_path_factory, base_lm):
 def _reload(path: str, run_dir: Path) -> dict | None:
     """The baseline's 0-step run of `model.init_from=<path>`, in this process (the runner's own code path; a
     process per saved model would cost its start-up and imports each time): its summary, None if it failed."""
-    import torch
-
-    from runner.train import run
-
-    cfg = compose_cfg(["method=adamw", *TINY, "trainer.max_steps=0", f"model.init_from={path}", "logger=none",
-                       f"paths.runs_dir={run_dir}"])
     try:
-        with torch.random.fork_rng():
-            return run(cfg, run_dir=run_dir)
+        return run_in_process(["method=adamw", *TINY, "trainer.max_steps=0", f"model.init_from={path}",
+                               "logger=none"], run_dir)
     except Exception as e:  # reported by the test of that method, not by the fixture
         return {"error": f"{e.__class__.__name__}: {e}"}
 

@@ -249,8 +249,7 @@ def test_runner_from_scratch_copies_the_cached_base_models_head(base_lm, tmp_pat
     cached base model `model.init_from=base` would load (the `base_lm` fixture's), not the random init's."""
     import torch.random
 
-    from runner.train import run
-    from tests.conftest import TINY, compose_cfg
+    from tests.conftest import TINY, run_in_process
 
     seen = []
     original = EMO.prepare_model
@@ -261,11 +260,8 @@ def test_runner_from_scratch_copies_the_cached_base_models_head(base_lm, tmp_pat
         return out
 
     monkeypatch.setattr(EMO, "prepare_model", recording)
-    cfg = compose_cfg(["method=emo", *TINY, "base_steps=300", "trainer.max_steps=0", "logger=none",
-                       "method.eval_prompts=2", "method.new_tokens=4", "method.eval_tokens=64",
-                       f"paths.runs_dir={tmp_path}"])
-    with torch.random.fork_rng():
-        run(cfg, run_dir=tmp_path / "run")
+    run_in_process(["method=emo", *TINY, "base_steps=300", "trainer.max_steps=0", "logger=none",
+                    "method.eval_prompts=2", "method.new_tokens=4", "method.eval_tokens=64"], tmp_path / "run")
     (cost, own_head), = seen
     base_head = base_lm[0].get_output_embeddings().weight.detach()
     assert torch.allclose(cost, F.normalize(base_head.float(), dim=1))

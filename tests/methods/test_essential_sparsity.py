@@ -23,7 +23,7 @@ from methods.compression.essential_sparsity import (
     prunable_linears,
     sparsity_of,
 )
-from tests.conftest import BASE, compose_cfg
+from tests.conftest import BASE, run_in_process
 from tests.helpers import tiny_llama
 
 VOCAB = 96
@@ -186,10 +186,7 @@ def _train_losses(run_dir: Path) -> dict[int, float]:
 
 def _run(run_dir: Path, *extra: str) -> None:
     """The runner in this process on FINETUNE (its CLI and a real SIGKILL are tests/test_e2e.py's)."""
-    from runner.train import run
-
-    with torch.random.fork_rng():
-        run(compose_cfg([*FINETUNE, *extra, f"paths.runs_dir={run_dir.parent}"]), run_dir=run_dir)
+    run_in_process([*FINETUNE, *extra], run_dir)
 
 
 @pytest.mark.e2e

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from methods.optimizers.frugal import FRUGAL, Frugal, projectable_parameters, select_blocks
-from tests.conftest import TINY, compose_cfg
+from tests.conftest import TINY, compose_cfg, run_in_process
 from tests.helpers import tiny_llama
 
 VOCAB = 64
@@ -288,11 +288,8 @@ def test_state_dict_resume_equals_uninterrupted(kw):
 def test_runner_trains_resumes_exactly_and_plans_less_memory(tmp_path, capsys):
     args = [*TINY, "method=frugal", "method.update_gap=4", "trainer.max_steps=12", "trainer.checkpoint_every_n_steps=6",
             "trainer.val_every_n_steps=12", "logger=csv"]
-    from runner.train import run as run_in_process
-
     run = tmp_path / "frugal" / "run"  # the runner in this process: the CLI is tests/test_e2e.py's
-    with torch.random.fork_rng():
-        run_in_process(compose_cfg([*args, f"paths.runs_dir={tmp_path}"]), run_dir=run)
+    run_in_process(args, run)
     full = json.loads((run / "summary.json").read_text())
     assert full["config"]["method"]["_target_"] == "methods.optimizers.frugal.Frugal"
     assert full["steps"] == 12 and full["val/loss"] < math.log(full["vocab_size"])
@@ -304,8 +301,7 @@ def test_runner_trains_resumes_exactly_and_plans_less_memory(tmp_path, capsys):
         if f.name != "step000006.ckpt":
             f.unlink()
     (run / "summary.json").unlink()
-    with torch.random.fork_rng():
-        run_in_process(compose_cfg([*args, f"resume={run}", f"paths.runs_dir={tmp_path}"]), run_dir=run)
+    run_in_process([*args, f"resume={run}"], run)
     again = json.loads((run / "summary.json").read_text())
     assert again["train/loss"] == pytest.approx(full["train/loss"], abs=1e-6)
     assert again["val/loss"] == pytest.approx(full["val/loss"], abs=1e-6)
