@@ -1,5 +1,6 @@
 """Shared test set-up: one corpus/tokenizer cache for the whole session (and its subprocesses), tiny
-model overrides, and a helper that runs the real `python -m runner` in a subprocess."""
+model overrides, and helpers that run `python -m runner` in a process of its own (run_cli, kill_at_checkpoint)
+or the runner in this one (run_in_process, cli_in_process)."""
 
 from __future__ import annotations
 
@@ -28,13 +29,27 @@ TINY = ["model.hidden_size=64", "model.intermediate_size=128", "model.num_layers
         "hardware.threads=1"]
 
 
-def run_cli(*args: str, runs_dir: Path, check: bool = True, timeout: float = 600, env: dict | None = None):
+def run_cli(*args: str, runs_dir: Path, check: bool = True, timeout: float = 600, env: dict | None = None,
+            fresh: bool = False):
     """`python -m runner <args> paths.runs_dir=<runs_dir>`; returns CompletedProcess (text). `env` adds
-    variables to the environment; a value of None removes one."""
-    cmd = [sys.executable, "-m", "runner", *args, f"paths.runs_dir={runs_dir}"]
+    variables to the environment; a value of None removes one. The process is a fork of a server that has
+    imported torch and Lightning once (tests/cli_fork.py: ~12 s of CPU less per run), unless `fresh` or `env`
+    changes what an interpreter reads at start: then a real `python -m runner`."""
+    from tests import cli_fork
+
     full_env = {**os.environ, "CI": "1", **(env or {})}
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                          env={k: v for k, v in full_env.items() if v is not None})  # None: unset
+    full_env = {k: v for k, v in full_env.items() if v is not None}  # None: unset
+    args = [*args, f"paths.runs_dir={runs_dir}"]
+    cmd = [sys.executable, "-m", "runner", *args]
+    if fresh or not cli_fork.forkable(full_env):
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=full_env)
+    else:
+        cli = cli_fork.start(args, cwd=REPO, env=full_env)
+        try:
+            code = cli.wait(timeout)
+            proc = subprocess.CompletedProcess(cmd, code, *cli.output())
+        finally:
+            cli.close()
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} -> {proc.returncode}\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-3000:]}")
     return proc
@@ -86,28 +101,32 @@ def run_in_process(overrides: list[str], run_dir: Path) -> dict:
 
 
 def kill_at_checkpoint(*args: str, runs_dir: Path, checkpoint: str, timeout: float = 300) -> tuple[Path, dict]:
-    """Start `python -m runner <args>` and SIGKILL its process group as soon as a `checkpoint` file (e.g.
-    step000020.ckpt) exists in its run directory: (that run directory, its meta.json then). Fails if no such
-    checkpoint appears or the run finished first."""
+    """Start `python -m runner <args>` (forked, as run_cli) and SIGKILL its process group as soon as a
+    `checkpoint` file (e.g. step000020.ckpt) exists in its run directory: (that run directory, its meta.json
+    then). Fails if no such checkpoint appears or the run finished first."""
     import json
     import signal
     import time
 
-    cmd = [sys.executable, "-m", "runner", *args, f"paths.runs_dir={runs_dir}"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "CI": "1"}, start_new_session=True)
-    target, deadline = None, time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        found = list(Path(runs_dir).glob(f"*/*/checkpoints/{checkpoint}"))
-        if found:
-            target = found[0]
-            break
-        time.sleep(0.05)
-    if target is None:
-        proc.kill()
-        raise AssertionError(f"no {checkpoint} appeared: {proc.stderr.read().decode()[-2000:]}")
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    from tests import cli_fork
+
+    cli = cli_fork.start([*args, f"paths.runs_dir={runs_dir}"], cwd=REPO, env={**os.environ, "CI": "1"})
+    try:
+        target, deadline = None, time.time() + timeout
+        while time.time() < deadline and cli.poll() is None:
+            found = list(Path(runs_dir).glob(f"*/*/checkpoints/{checkpoint}"))
+            if found:
+                target = found[0]
+                break
+            time.sleep(0.05)
+        if target is None:
+            cli.killpg(signal.SIGKILL)
+            cli.wait(60)
+            raise AssertionError(f"no {checkpoint} appeared: {cli.output()[1][-2000:]}")
+        cli.killpg(signal.SIGKILL)
+        assert cli.wait(60) == -signal.SIGKILL, "the run exited before it was killed"
+    finally:
+        cli.close()
     killed = target.parent.parent
     assert not (killed / "summary.json").exists(), "the run finished before it was killed"
     return killed, json.loads((killed / "meta.json").read_text())

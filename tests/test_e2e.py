@@ -81,8 +81,10 @@ def test_wandb_offline_run_reads_back(baseline):
 
 
 def test_same_seed_same_curve(baseline, tmp_path):
+    """Same seed, same numbers; and a fresh interpreter gives the numbers of the forked runs the e2e tests use
+    (`baseline` is one: tests/cli_fork.py)."""
     run_dir, _ = baseline
-    run_cli(*BASE, runs_dir=tmp_path)
+    run_cli(*BASE, runs_dir=tmp_path, fresh=True)
     (again,) = run_dirs(tmp_path)
     a = [h["train/loss"] for h in read_offline_run(run_dir)["history"] if "train/loss" in h]
     b = [h["train/loss"] for h in read_offline_run(again)["history"] if "train/loss" in h]
@@ -191,7 +193,8 @@ def test_dry_run_plans_a_1b_model_without_allocating(tmp_path, capsys):
 
 
 def test_help_and_cfg_job(tmp_path):
-    h = run_cli("--help", runs_dir=tmp_path)
+    # a real interpreter (`python -m runner` itself, not a fork: tests/cli_fork.py); --help needs no Lightning
+    h = run_cli("--help", runs_dir=tmp_path, fresh=True)
     for word in ("model", "llama-1b", "method", "adamw", "hardware", "h100x8", "dataset", "stdlib-docs"):
         assert word in h.stdout
     c = run_cli("--cfg", "job", "method=adamw", "model=llama-1b", "hardware=h100x8", runs_dir=tmp_path)

@@ -111,7 +111,7 @@ def test_debug_shows_traceback(cli_results):
 @pytest.mark.parametrize("case", ["two-bad-types", "debug"])
 def test_the_process_exits_2(case, tmp_path):
     args, expected = {**CASES, "debug": DEBUG_CASE}[case]
-    proc = run_cli(*args, runs_dir=tmp_path / "runs", check=False, timeout=300)
+    proc = run_cli(*args, runs_dir=tmp_path / "runs", check=False, timeout=300, fresh=True)  # a real interpreter
     assert proc.returncode == EXIT_CONFIG, proc.stderr
     assert ("Traceback" in proc.stderr) == (case == "debug"), proc.stderr
     for s in expected:

@@ -41,6 +41,11 @@ INNER = textwrap.dedent('''
         run(None)
 
 
+    def test_unit_that_forks_the_cli():
+        from tests import cli_fork
+        cli_fork.start(["--help"], cwd=".", env={})  # the guard raises before anything starts
+
+
     def test_pure_unit():
         assert 1 + 1 == 2
 
@@ -64,12 +69,13 @@ def test_guard_fails_unmarked_tests_that_do_e2e_work(pytester):
     pytester.makeconftest('pytest_plugins = ["tests.tiers"]')
     pytester.makepyfile(test_inner=INNER)
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-p", "no:randomly", "-q")
-    # passed: the pure unit test and the two e2e ones; failed: subprocess, swallowed, runner; the unit test on
+    # passed: the pure unit test and the two e2e ones; failed: subprocess, swallowed, runner, forked CLI; the unit test on
     # the fixture the e2e test warmed errors at setup
-    result.assert_outcomes(passed=3, failed=3, errors=1)
+    result.assert_outcomes(passed=3, failed=4, errors=1)
     out = result.stdout.str()
     assert "test_unit_that_starts_a_subprocess: started a subprocess" in out
     assert "test_unit_that_swallows_the_guard: started a subprocess" in out
     assert "test_unit_that_runs_the_runner: started the runner (runner.train.run)" in out
+    assert "test_unit_that_forks_the_cli: started the runner CLI (a forked process" in out
     assert "test_unit_on_a_fixture_an_e2e_test_warmed: asked for fixture 'trained', which asked for a trained model" in out
     assert "mark it @pytest.mark.e2e" in out

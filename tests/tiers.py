@@ -8,8 +8,8 @@ Tiers, by marker:
   repro   a small-scale reproduction, curve or sweep. Runs in `make repro`, not in `make test`.
 
 The guard: while an unmarked test (or a fixture it asks for) runs, starting a subprocess (an audit hook sees
-every `subprocess.Popen`, `os.posix_spawn`, `os.exec*`), calling `runner.train.run` or `runner.trained.ensure`
-fails that test with a line saying what it did and which marker it needs. A fixture seen doing any of these
+every `subprocess.Popen`, `os.posix_spawn`, `os.exec*`), forking the CLI (tests/cli_fork.start),
+calling `runner.train.run` or `runner.trained.ensure` fails that test with a line saying what it did and which marker it needs. A fixture seen doing any of these
 (under any test) makes every unmarked test that asks for it fail at setup, so a cached fixture cannot hide it.
 
 The budget: the wall time of the whole run against `time_budget_s` ([tool.pytest.ini_options] in
@@ -94,6 +94,7 @@ def install() -> None:
     sys.addaudithook(_audit)
     _guard("runner.trained", "ensure", "asked for a trained model (runner.trained.ensure)")
     _guard("runner.train", "run", "started the runner (runner.train.run)")
+    _guard("tests.cli_fork", "start", "started the runner CLI (a forked process: tests/cli_fork.py)")
 
 
 def pytest_configure(config):
