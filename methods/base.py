@@ -12,22 +12,24 @@ the order prepare_data -> prepare_model -> train -> compress -> evaluate. A meth
 (`needs_task`, `needs_model`) and checked when the config is validated, before any work.
 
 `MethodModule` lives in methods/module.py (importing Lightning takes seconds; validating a config needs only
-this file); this file does not import it.
+this file); this file does not import it, and imports torch only where a hook runs: validating a config builds a
+Method (its __init__ checks its arguments) without importing torch.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 # The runner's trained models on demand: (role, changes to the task's arguments) -> that model, trained once
 # and cached by everything that decides its weights, in eval mode (e.g. ("base", {}): the baseline trained on
 # this run's task; ("retain-only", {"generator": {"train_on": "retain"}}): tasks/qa.py's reference model).
-TrainedModel = Callable[..., nn.Module]
+TrainedModel = Callable[..., "nn.Module"]
 STAGES = ("prepare_data", "prepare_model", "train", "compress", "evaluate")
 
 
@@ -37,6 +39,15 @@ class Method:
     def __init__(self, name: str = "adamw", lr: float = 3e-3, betas: tuple[float, float] = (0.9, 0.95),
                  eps: float = 1e-8, weight_decay: float = 0.1, warmup_steps: int = 20,
                  min_lr_ratio: float = 0.1):
+        problems = [f"method.{k}: must be {want}, got {v}" for k, v, want, ok in (
+            ("lr", lr, "positive", lr > 0), ("eps", eps, ">= 0", eps >= 0),
+            ("weight_decay", weight_decay, ">= 0", weight_decay >= 0),
+            ("warmup_steps", warmup_steps, ">= 0", warmup_steps >= 0),
+            ("min_lr_ratio", min_lr_ratio, "in [0, 1]", 0 <= min_lr_ratio <= 1)) if not ok]
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            problems.append(f"method.betas: must be two numbers in [0, 1), got {list(betas)}")
+        if problems:  # one line each before any work (runner/config.py builds the method to check its config)
+            raise ValueError("; ".join(problems))
         self.name = name
         self.lr = float(lr)
         self.betas = tuple(float(b) for b in betas)
@@ -95,6 +106,11 @@ class Method:
         """The method's own metrics, logged beside validation loss/perplexity."""
         return {}
 
+    def figures(self, model: nn.Module, data: Any, directory: Any) -> dict[str, Any]:
+        """The method's own figures of the final model, written under `directory` (a Path): {name: image file},
+        kept in the run directory, logged to W&B as images and listed in summary.json. Default: none."""
+        return {}
+
     @property
     def trains(self) -> bool:
         """Whether the run has a training stage (compression/inference methods may turn it off)."""
@@ -135,6 +151,8 @@ class Method:
                 {"params": no_decay, "weight_decay": 0.0}]
 
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        import torch
+
         return torch.optim.AdamW(self.param_groups(model), lr=self.lr, betas=self.betas, eps=self.eps)
 
     def lr_lambda(self, total_steps: int):
@@ -149,6 +167,8 @@ class Method:
         return f
 
     def configure_optimizers(self, module: Any) -> dict:
+        import torch
+
         opt = self.build_optimizer(module.model)
         total = max(1, int(module.trainer.max_steps))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, self.lr_lambda(total))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import Any
 
@@ -14,6 +15,21 @@ from torch import nn
 import kernels
 from methods.base import Method
 
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLoss(ArithmeticError):
+    """A training loss that is nan or inf, seen before the optimizer step (`MethodModule.on_nonfinite`)."""
+
+    def __init__(self, value: float, step: int, in_a_row: int = 1):
+        self.value, self.step, self.in_a_row = value, step, in_a_row
+        where = f"at step {step}" if in_a_row <= 1 else f"at steps {step - in_a_row + 1}-{step} ({in_a_row} in a row)"
+        super().__init__(f"non-finite train loss ({value}) {where}")
+
+
+class _SkipStep(Exception):
+    """Raised inside the optimizer's closure: the step's loss is not finite and on_nonfinite is skip_batch."""
+
 
 class MethodModule(pl.LightningModule):
     """The generic LightningModule: a model, a method, the kernels the hardware chose.
@@ -25,6 +41,13 @@ class MethodModule(pl.LightningModule):
     """
 
     reports_perplexity = True  # val/ppl = exp(val/loss): true of next-token losses only
+    # A non-finite training loss (any micro-batch of a step), checked before the optimizer step (one device sync
+    # per step): "stop" raises NonFiniteLoss; "skip_batch" skips that step's optimizer update and the method's
+    # after_optimizer_step (weights and optimizer state untouched; the step still counts, as the LR schedule does)
+    # and raises NonFiniteLoss after `max_nonfinite_in_a_row` non-finite steps in a row. The runner sets it from
+    # trainer.on_nonfinite.
+    on_nonfinite = "stop"
+    max_nonfinite_in_a_row = 20
 
     def __init__(self, model: nn.Module, method: Method, kernels_map: dict[str, str] | None = None,
                  kernel_fallback: bool = True, data: Any = None, seed: int = 0):
@@ -46,6 +69,9 @@ class MethodModule(pl.LightningModule):
         self._val_domain_sum: torch.Tensor | None = None  # per-domain val loss sums and token counts
         self._val_domain_count: torch.Tensor | None = None
         self._val_domain_names_now: list[str] | None = None
+        self.skipped_batches = 0  # optimizer steps skipped for a non-finite loss (on_nonfinite=skip_batch)
+        self._nonfinite_in_a_row = 0
+        self._step_losses: list[torch.Tensor] = []  # the losses of the current step's micro-batches
 
     def kernel(self, op: str):
         if op not in self._kernels:
@@ -81,14 +107,23 @@ class MethodModule(pl.LightningModule):
         self.micro_batches_seen += 1
         # the domain of every example (B,), for methods that weight or route by domain; None for plain batches
         batch, self.batch_domains = self.split_domains(batch)
-        loss = self.method.loss(self, batch)
-        n_tokens = batch[:, 1:].numel() * self.trainer.world_size
-        self.tokens_seen += n_tokens
+        loss = self.step_loss(batch)
+        self.tokens_seen += self.batch_tokens(batch) * self.trainer.world_size
         self._last_loss = loss.detach()  # a tensor: no device sync per step
         self.log("train/loss", self._last_loss, prog_bar=True, on_step=True, on_epoch=False)
         if self._logging_step():
             self.log("train/tokens_seen", float(self.tokens_seen), on_step=True, on_epoch=False)
+            if self.skipped_batches:
+                self.log("train/skipped_batches", float(self.skipped_batches), on_step=True, on_epoch=False)
         return loss
+
+    def step_loss(self, batch) -> torch.Tensor:
+        """The training loss of a micro-batch: the method's (a module for other batches may route it elsewhere)."""
+        return self.method.loss(self, batch)
+
+    def batch_tokens(self, batch) -> int:
+        """Tokens a micro-batch trains on, for tokens_seen and throughput: the next-token targets of (B, T+1) blocks."""
+        return batch[:, 1:].numel()
 
     def _logging_step(self) -> bool:
         """Whether Lightning sends this step's metrics to the logger (logging costs ~1 ms a call)."""
@@ -153,8 +188,54 @@ class MethodModule(pl.LightningModule):
     def configure_optimizers(self):
         return self.method.configure_optimizers(self)
 
-    def optimizer_step(self, *args, **kwargs) -> None:
-        super().optimizer_step(*args, **kwargs)
+    # -- non-finite losses -------------------------------------------------------------------
+    def on_before_backward(self, loss: torch.Tensor) -> None:
+        """Every micro-batch's loss (whatever training_step computed it), before its backward: no sync here."""
+        self._step_losses.append(loss.detach())
+
+    def _take_nonfinite(self) -> float | None:
+        """The first non-finite loss of this step's micro-batches (nan where another rank's was), or None when every
+        one was finite on every rank: one device sync per optimizer step. Starts the next step's list."""
+        losses, self._step_losses = self._step_losses, []
+        if not losses:  # no backward ran (training_step returned None)
+            return None
+        stacked = torch.stack([x.float().reshape(()) for x in losses])
+        ok = bool(torch.isfinite(stacked).all())
+        if self.trainer.world_size > 1:
+            ok = bool(self.trainer.strategy.reduce_boolean_decision(ok, all=True))
+        if ok:
+            return None
+        bad = stacked[~torch.isfinite(stacked)]
+        return float(bad[0]) if bad.numel() else float("nan")
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
+        """The optimizer step, unless the step's loss is not finite: the check runs inside the closure that the
+        optimizer calls before it touches anything (forward and backward), so a bad step never reaches the update."""
+        bad: list[float] = []
+
+        def checked_closure():
+            out = optimizer_closure()
+            value = self._take_nonfinite()
+            if value is not None:
+                if self.on_nonfinite != "skip_batch":
+                    raise NonFiniteLoss(value, self.trainer.global_step + 1)
+                bad.append(value)
+                raise _SkipStep
+            return out
+
+        try:
+            super().optimizer_step(epoch, batch_idx, optimizer, checked_closure if optimizer_closure else None)
+        except _SkipStep:
+            optimizer.zero_grad(set_to_none=True)
+            self.skipped_batches += 1
+            self._nonfinite_in_a_row += 1
+            step = self.trainer.global_step + 1
+            if self._nonfinite_in_a_row >= self.max_nonfinite_in_a_row:
+                raise NonFiniteLoss(bad[0], step, self._nonfinite_in_a_row) from None
+            log.warning("non-finite train loss (%s) at step %d: its optimizer step is skipped "
+                        "(trainer.on_nonfinite=skip_batch; %d skipped so far)", bad[0], step, self.skipped_batches)
+            return
+        self._nonfinite_in_a_row = 0
         self.method.after_optimizer_step(self)
 
     # -- exact resume ------------------------------------------------------------------------
@@ -163,6 +244,8 @@ class MethodModule(pl.LightningModule):
         checkpoint["methodbench"] = {
             "micro_batches_seen": self.micro_batches_seen,
             "tokens_seen": self.tokens_seen,
+            "skipped_batches": self.skipped_batches,
+            "nonfinite_in_a_row": self._nonfinite_in_a_row,
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -177,6 +260,8 @@ class MethodModule(pl.LightningModule):
             return
         self.micro_batches_seen = int(state["micro_batches_seen"])
         self.tokens_seen = int(state["tokens_seen"])
+        self.skipped_batches = int(state.get("skipped_batches", 0))
+        self._nonfinite_in_a_row = int(state.get("nonfinite_in_a_row", 0))
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] and torch.cuda.is_available():

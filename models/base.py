@@ -21,15 +21,31 @@ This package imports no other package of the project.
 from __future__ import annotations
 
 import inspect
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where a model is built: validating a config needs none
+    from torch import nn
 
+
+
+def size_problems(num_heads: int | None = None, hidden_size: int | None = None, **sizes: int) -> list[str]:
+    """One line per bad size of a model config: every given size must be positive, and hidden_size divisible by
+    num_heads (when both are given). For an architecture's __init__: raise ValueError("; ".join(problems))."""
+    given = {**({"hidden_size": hidden_size} if hidden_size is not None else {}), **sizes,
+             **({"num_heads": num_heads} if num_heads is not None else {})}
+    problems = [f"model.{k}: must be positive, got {v}" for k, v in given.items() if not v > 0]
+    if hidden_size is not None and num_heads is not None and num_heads > 0 and hidden_size > 0 and hidden_size % num_heads:
+        problems.append(f"model.hidden_size ({hidden_size}) must be divisible by model.num_heads ({num_heads})")
+    return problems
 
 class Architecture:
     kind: ClassVar[str] = "causal-lm"  # causal-lm | masked-lm | seq2seq-lm | your own
     provides: ClassVar[frozenset[str]] = frozenset()  # further capabilities methods may need (Method.needs_model)
     hf_auto: ClassVar[str | None] = None  # the transformers Auto class of its HF checkpoints (hf://name, HF dirs)
+    # The longest model.seq_len the runner accepts (checked before any work). Our builders size positions by
+    # seq_len (RoPE, learned tables), so this is a sanity bound, not a limit of the architecture: 131072 tokens,
+    # Llama 3.1's context; a longer one is a typo far more often than a plan. Override it per architecture.
+    max_seq_len: ClassVar[int] = 131072
 
     def build(self, vocab_size: int, seq_len: int) -> nn.Module:
         """The model, randomly initialised, on the current default device (the runner sets `meta` for dry runs)."""
@@ -89,6 +105,8 @@ class ModuleArchitecture(Architecture):
 
     def logits_bytes(self, model, batch, seq_len, act_bytes, cross_entropy):
         """Its loss is computed from its logits (methods.module.MethodModule.lm_loss): they are formed."""
+        from torch import nn
+
         head = [m for m in model.modules() if isinstance(m, nn.Linear)]
         vocab = head[-1].out_features if head else 0
         return float(batch * seq_len * vocab * (2 * act_bytes + 8))

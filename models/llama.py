@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING
 
-from models.base import Architecture
+from models.base import Architecture, size_problems
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 class Llama(Architecture):
@@ -15,11 +18,8 @@ class Llama(Architecture):
     def __init__(self, hidden_size: int = 256, intermediate_size: int = 688, num_layers: int = 4, num_heads: int = 4,
                  num_kv_heads: int | None = None, tie_embeddings: bool = False, rope_theta: float = 10000.0,
                  init_std: float = 0.02):
-        problems = [f"model.{k}: must be positive, got {v}" for k, v in
-                    (("hidden_size", hidden_size), ("intermediate_size", intermediate_size), ("num_layers", num_layers),
-                     ("num_heads", num_heads)) if v <= 0]
-        if num_heads > 0 and hidden_size % num_heads:
-            problems.append(f"model.hidden_size ({hidden_size}) must be divisible by model.num_heads ({num_heads})")
+        problems = size_problems(hidden_size=hidden_size, intermediate_size=intermediate_size, num_layers=num_layers,
+                                 num_heads=num_heads)
         if num_heads > 0 and num_kv_heads is not None and (num_kv_heads <= 0 or num_heads % num_kv_heads):
             problems.append(f"model.num_kv_heads ({num_kv_heads}) must divide model.num_heads ({num_heads})")
         if problems:

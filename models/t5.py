@@ -3,9 +3,12 @@ seq2seq tasks (tasks/seq2seq.py)."""
 
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING
 
-from models.base import Architecture
+from models.base import Architecture, size_problems
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 class T5(Architecture):
@@ -14,8 +17,10 @@ class T5(Architecture):
 
     def __init__(self, hidden_size: int = 64, intermediate_size: int = 128, num_layers: int = 2, num_heads: int = 4,
                  tie_embeddings: bool = True, init_std: float = 1.0, dropout: float = 0.0):
-        if hidden_size % num_heads:
-            raise ValueError(f"model.hidden_size ({hidden_size}) must be divisible by model.num_heads ({num_heads})")
+        problems = size_problems(hidden_size=hidden_size, intermediate_size=intermediate_size, num_layers=num_layers,
+                                 num_heads=num_heads)
+        if problems:
+            raise ValueError("; ".join(problems))
         self.hidden_size, self.intermediate_size, self.num_layers, self.num_heads = (hidden_size, intermediate_size,
                                                                                       num_layers, num_heads)
         self.tie_embeddings, self.init_std, self.dropout = tie_embeddings, float(init_std), float(dropout)

@@ -16,6 +16,7 @@ line and exits 1.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
-from runner.errors import ConfigError, choices_hint
+from runner.errors import ConfigError, RunInterrupted, TrainingStopped, choices_hint
 
 EXIT_CONFIG = 2
 _NO_PREFLIGHT_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--version", "--shell-completion", "-sc"}
@@ -66,6 +67,27 @@ def _hydra_message(e: Exception) -> str:
     return " ".join(msg.split())
 
 
+def _unparsable(parser, overrides: list[str]) -> list[str]:
+    """One line per override Hydra's grammar refuses: the key, and the value quoted as Hydra takes it (a value
+    with characters outside letters, digits and -_./:, such as non-ASCII letters or spaces, needs quotes)."""
+    from hydra.errors import HydraException
+
+    out = []
+    for raw in overrides:
+        try:
+            parser.parse_override(raw)
+        except HydraException:
+            key, eq, value = raw.partition("=")
+            if not eq:
+                out.append(f"{raw}: cannot parse this override; give key=value")
+                continue
+            q = '"' if "'" in value else "'"
+            shell = "'" if q == '"' else '"'
+            out.append(f"{key.lstrip('+~')}: cannot parse the value {value!r}; quote it for Hydra, in the shell: "
+                       f"{shell}{key}={q}{value}{q}{shell}")
+    return out
+
+
 def _dotted_keys(d, prefix: str = "") -> list[str]:
     out = []
     for k, v in d.items():
@@ -83,9 +105,10 @@ def _searchpath_dir(entry: str) -> str | None:
     return path if scheme == "file" else None
 
 
-def preflight(overrides: list[str], config_dir: str | None = None) -> None:
+def preflight(overrides: list[str], config_dir: str | None = None, runs_here: bool = True) -> None:
     """Compose the job config from `overrides` (with `--config-dir` `config_dir`) and validate it; raise
-    ConfigError on any problem."""
+    ConfigError on any problem. `runs_here`: the command runs the config on this machine, which is checked for
+    what it asks (runner.config.machine_problems); not for `--cfg`, which only prints it."""
     from hydra import compose
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
@@ -94,10 +117,11 @@ def preflight(overrides: list[str], config_dir: str | None = None) -> None:
     from runner.config import GROUPS, group_options, register_resolvers, search_path, validate
 
     register_resolvers()
+    parser = OverridesParser.create()
     try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
+        parsed = parser.parse_overrides(overrides)
     except HydraException as e:
-        raise ConfigError(_hydra_message(e)) from e
+        raise ConfigError(_unparsable(parser, overrides) or [_hydra_message(e)]) from e
     problems: list[str] = []
     if config_dir is not None and not os.path.isdir(os.path.expanduser(config_dir)):
         problems.append(f"--config-dir {config_dir}: no such directory")
@@ -149,8 +173,8 @@ def preflight(overrides: list[str], config_dir: str | None = None) -> None:
             known = sorted(_dotted_keys(OmegaConf.to_container(cfg, resolve=False)))
             raise ConfigError([f"{k}: unknown key; {choices_hint(k, known).split('choose one of')[0]}"
                                f"a new key needs a leading +, as in +{k}=..." for k in problems])
-        if not sweeping:  # sweep jobs are validated one by one when they start
-            validate(cfg)  # inside the search path: the options it lists include the user's
+        if not sweeping:  # sweep jobs are validated one by one when they start (where they run: SLURM nodes)
+            validate(cfg, here=runs_here)  # inside the search path: the options it lists include the user's
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -163,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     debug = _debug_requested(overrides)
     if not (_NO_PREFLIGHT_FLAGS & set(argv)):
         try:
-            preflight(overrides, config_dir=args.config_dir)
+            preflight(overrides, config_dir=args.config_dir, runs_here=not args.cfg)
         except ConfigError as e:
             if debug:
                 traceback.print_exc()
@@ -186,6 +210,28 @@ def _in_sweep() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def discard_unstarted_run(cfg) -> None:
+    """A run refused by validation in its job (not in preflight: a config that changed in between, a machine
+    check): the directory Hydra made for it holds nothing but Hydra's own files, and goes, with its
+    runs/<run_name>/ if that is left empty. A directory with a meta.json (a run that started, or the one
+    `resume=` names) stays: runner.train.run marks it failed itself."""
+    import shutil
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from runner.config import META_FILE
+
+    if not HydraConfig.initialized() or cfg.get("resume") not in (None, ""):
+        return
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if not run_dir.is_dir() or (run_dir / META_FILE).exists():
+        return
+    if all(p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()):
+        shutil.rmtree(run_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            run_dir.parent.rmdir()  # only if empty
+
+
 def _task(cfg) -> float | None:
     """One Hydra job (a run, or one job of a sweep)."""
     from runner.train import run
@@ -193,8 +239,8 @@ def _task(cfg) -> float | None:
     debug = bool(cfg.get("debug", False))
     try:
         summary = run(cfg)
-    except KeyboardInterrupt:
-        print("interrupted; resume with resume=<run dir> (checkpoints are kept)", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        _print_interrupted(e)
         sys.exit(130)
     except Exception as e:
         if _in_sweep():
@@ -203,15 +249,42 @@ def _task(cfg) -> float | None:
         if isinstance(e, ConfigError):
             if debug:
                 traceback.print_exc()
+            discard_unstarted_run(cfg)
             _print_problems(e.problems)
             sys.exit(EXIT_CONFIG)
         if debug:
             raise
-        print(f"error: {e.__class__.__name__}: {e}", file=sys.stderr)
+        print(f"error: {e if isinstance(e, TrainingStopped) else f'{e.__class__.__name__}: {e}'}", file=sys.stderr)
         print("(methodbench: debug=true shows the full traceback)", file=sys.stderr)
         sys.exit(1)
     # Sweepers (Optuna) minimise the returned value.
     return None if not summary else summary.get("val/loss")
+
+
+def resume_command(overrides: Sequence[str], run_dir: str | Path) -> str:
+    """`python -m runner <overrides> resume=<run dir>`: the command line that resumes the run, quoted for a shell."""
+    import shlex
+
+    kept = [o for o in overrides if _override_key(o) != "resume"]
+    return " ".join(["python", "-m", "runner", *map(shlex.quote, kept), shlex.quote(f"resume={run_dir}")])
+
+
+def _print_interrupted(e: KeyboardInterrupt) -> None:
+    """Ctrl-C: what was saved and the exact command that resumes the run."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from runner.checkpoints import newest_intact
+
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    saved = getattr(e, "checkpoint", None) or (newest_intact(run_dir)[0] if run_dir.is_dir() else None)
+    what = str(e) if isinstance(e, RunInterrupted) else "interrupted"
+    if saved is None:
+        print(f"{what}; no checkpoint was written: nothing to resume (run it again)", file=sys.stderr)
+        return
+    if not isinstance(e, RunInterrupted) or e.checkpoint is None:
+        what += f"; the newest checkpoint is {saved}"
+    print(f"{what}\nresume with: {resume_command(list(hc.overrides.task), run_dir)}", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------------------------

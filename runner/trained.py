@@ -4,7 +4,10 @@ Post-training methods (compression, KV-cache, long context, unlearning) need a t
 need reference models (TOFU's retain-only model); later papers need teachers, readers and membership-attack
 targets. On a cluster that is a checkpoint or hub weights; on the CPU path the runner trains one: the run's
 model and task with the baseline (AdamW + cross-entropy, `configs/trainer/default.yaml`, `base_steps` steps),
-the task's arguments changed as the role asks (e.g. `{"generator": {"train_on": "retain"}}`). It is cached
+the task's arguments changed as the role asks (e.g. `{"generator": {"train_on": "retain"}}`); a role may also
+name another model and task altogether (`model=`, `dataset=`: option names of configs/model and configs/dataset
+with overrides of their keys, e.g. the causal LM that writes the machine side of AI-text detection data for an
+encoder's classification run) and a seed of its own. It is cached
 under `<paths.cache_dir>/trained/<role>-<model>-<key>`, the key a hash of everything that decides its weights;
 a file lock makes concurrent runs wait instead of training it twice. Every later run with the same key loads
 it in seconds.
@@ -37,11 +40,35 @@ BASE = "base"
 _NOT_LEARNED = ("name", "num_workers")
 
 
-def role_config(cfg: DictConfig, role: str = BASE, changes: dict | None = None) -> DictConfig:
+Option = str | tuple[str, dict] | None  # an option name of its config group, optionally with key overrides
+
+
+def _option(group: str, option) -> DictConfig:
+    """configs/<group>/<name>.yaml with overrides: `option` is a name or (name, {key: value, ...})."""
+    name, overrides = (option, {}) if isinstance(option, str) else option
+    path = CONFIG_DIR / group / f"{name}.yaml"
+    if not path.exists():
+        options = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+        raise ValueError(f"{group}={name}: no such option for a trained model; choose one of: {', '.join(options)}")
+    node = OmegaConf.load(path)
+    if "defaults" in node:
+        node.pop("defaults")
+    return OmegaConf.merge(node, overrides or {})
+
+
+def role_config(cfg: DictConfig, role: str = BASE, changes: dict | None = None, model: Option = None,
+                dataset: Option = None, seed: int | None = None) -> DictConfig:
     """The config of the run that trains `role`'s model for `cfg`: same model, task (with `changes` merged into
-    its arguments), hardware and seed; the baseline method and the default trainer; no logger."""
+    its arguments), hardware and seed, unless the role names its own `model`, `dataset` or `seed`; the baseline
+    method and the default trainer; no logger."""
     out = cfg.copy()
     OmegaConf.set_struct(out, False)
+    if model is not None:
+        out.model = _option("model", model)
+    if dataset is not None:
+        out.dataset = _option("dataset", dataset)
+    if seed is not None:
+        out.seed = int(seed)
     out.method = OmegaConf.load(CONFIG_DIR / "method" / "adamw.yaml")
     out.trainer = OmegaConf.merge(OmegaConf.load(CONFIG_DIR / "trainer" / "default.yaml"),
                                   {"max_steps": int(cfg.base_steps), "enable_progress_bar": cfg.trainer.enable_progress_bar})
@@ -65,8 +92,8 @@ def _drop(tree: dict, dotted: str) -> None:
         tree.pop(leaf, None)
 
 
-def role_key(cfg: DictConfig, role: str = BASE, changes: dict | None = None) -> str:
-    b = role_config(cfg, role, changes)
+def role_key(cfg: DictConfig, role: str = BASE, changes: dict | None = None, **other) -> str:
+    b = role_config(cfg, role, changes, **other)
     dataset = OmegaConf.to_container(b.dataset, resolve=True)
     for k in _NOT_LEARNED:
         dataset.pop(k, None)
@@ -78,20 +105,22 @@ def role_key(cfg: DictConfig, role: str = BASE, changes: dict | None = None) -> 
         "method": OmegaConf.to_container(b.method, resolve=True),
         "trainer": {k: v for k, v in OmegaConf.to_container(b.trainer, resolve=True).items() if k != "enable_progress_bar"},
         "precision": str(cfg.hardware.precision),
-        "seed": int(cfg.seed),
+        "seed": int(b.seed),
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def model_dir(cfg: DictConfig, role: str = BASE, changes: dict | None = None) -> Path:
-    """Where `role`'s model for `cfg` is cached (a run directory: checkpoints/last.ckpt, summary.json, ...)."""
-    return Path(cfg.paths.cache_dir).expanduser() / "trained" / f"{role}-{cfg.model.name}-{role_key(cfg, role, changes)}"
+def model_dir(cfg: DictConfig, role: str = BASE, changes: dict | None = None, **other) -> Path:
+    """Where `role`'s model for `cfg` is cached (a run directory: checkpoints/last.ckpt, summary.json, ...).
+    `other`: the role's own model=, dataset=, seed= (role_config)."""
+    b = role_config(cfg, role, changes, **other)
+    return Path(cfg.paths.cache_dir).expanduser() / "trained" / f"{role}-{b.model.name}-{role_key(cfg, role, changes, **other)}"
 
 
-def ensure(cfg: DictConfig, run: Callable[..., dict], role: str = BASE, changes: dict | None = None) -> Path:
+def ensure(cfg: DictConfig, run: Callable[..., dict], role: str = BASE, changes: dict | None = None, **other) -> Path:
     """The run directory of `role`'s model for `cfg`, trained first with `run` (runner.train.run) if no finished
     one is cached. The caller's RNG states are left as they were."""
-    final = model_dir(cfg, role, changes)
+    final = model_dir(cfg, role, changes, **other)
     if (final / "summary.json").exists() and latest_checkpoint(final):
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -101,9 +130,10 @@ def ensure(cfg: DictConfig, run: Callable[..., dict], role: str = BASE, changes:
             return final
         tmp = final.with_name(final.name + f".tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
+        b = role_config(cfg, role, changes, **other)
         log.info("training the %s model once (%d steps of %s on %s); cached at %s", role, cfg.base_steps,
-                 cfg.model.name, cfg.dataset.name, final)
-        run(role_config(cfg, role, changes), run_dir=tmp, identity=f"{role}:{role_key(cfg, role, changes)}", role=role)
+                 b.model.name, b.dataset.name, final)
+        run(b, run_dir=tmp, identity=f"{role}:{role_key(cfg, role, changes, **other)}", role=role)
         # keep one real last.ckpt (it may be a link to a step file), not the periodic ones
         last = tmp / "checkpoints" / "last.ckpt"
         if last.is_symlink():
@@ -140,15 +170,24 @@ class TrainedModels:
         self.cfg, self.run, self.vocab_size = cfg, run, vocab_size
         self._loaded: dict[str, Any] = {}
 
-    def __call__(self, role: str = BASE, changes: dict | None = None):
-        return self.load(str(ensure(self.cfg, self.run, role, changes)))
+    def __call__(self, role: str = BASE, changes: dict | None = None, **other):
+        """`role`'s model, trained once; `other`: its own model=, dataset=, seed= (role_config)."""
+        return self.load(str(self.path(role, changes, **other)))
+
+    def path(self, role: str = BASE, changes: dict | None = None, **other) -> Path:
+        """`role`'s run directory (trained first if need be): its checkpoints, summary.json, tokenizer/."""
+        return ensure(self.cfg, self.run, role, changes, **other)
 
     def load(self, path: str):
-        """The model `path` holds (anything model.init_from takes), built as this run's model config says."""
+        """The model `path` holds (anything model.init_from takes), built as the model config of the run that
+        trained it says (its config.yaml), else as this run's."""
         from runner.models import build_model, model_vocab_size
 
         if path not in self._loaded:
             m = self.cfg.model.copy()
+            saved = Path(path) / "config.yaml"
+            if saved.is_file():
+                m = OmegaConf.load(saved).model
             m.init_from = str(path)
             self._loaded[path] = build_model(m, model_vocab_size(m, self.vocab_size(path))).float().eval()
         return self._loaded[path]

@@ -16,10 +16,12 @@ A task has two halves, both in the task's own file (tasks/lm_corpus.py is the pl
         def counts(self)                     # {"train_examples": ...}: what it reports, in its own units
         def baselines(self, val_dl)          # reference numbers beside val/loss (a unigram perplexity, ...)
         def evaluate(self, model)            # its own metrics (BLEU, TOFU's forget quality, ...)
+        def figures(self, model, directory)  # its own plots of the final model (a confusion matrix, ...)
 
 The runner owns `name`, `batch_size` and `num_workers` of the dataset config; every other key goes to the
 constructor, checked against its signature like a method's. A task never imports `runner`: what it needs of
-the run arrives in `BuildContext`, including trained models on demand (`ctx.trained_model(role, changes)`).
+the run arrives in `BuildContext`, including trained models on demand (`ctx.trained_model(role, changes)`, or
+another model and task altogether: `ctx.trained_model.path(role, model=(option, overrides), dataset=...)`).
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ class BuildContext:
     # (role, changes to this task's arguments) -> that model trained and cached by the runner, in eval mode
     trained_model: TrainedModel | None = None
     load_model: Callable[[str], Any] | None = None  # a run dir, .ckpt, HF dir or model.pt -> that model, eval mode
+    # where the run's model comes from (model.init_from, resolved: a run dir, .ckpt, HF dir, hf://name, model.pt) or
+    # None (random init): a task may take a pretrained model's own tokenizer from it
+    model_source: str | None = None
 
 
 class TaskData:
@@ -76,6 +81,11 @@ class TaskData:
         """The task's own metrics of the final model (logged as eval/<name>)."""
         return {}
 
+    def figures(self, model, directory: Path) -> dict[str, Path]:
+        """Figures of the final model written under `directory` ({name: image file}): kept in the run directory,
+        logged to W&B as images, listed in summary.json (e.g. a confusion matrix)."""
+        return {}
+
     def save(self, directory: Path) -> None:
         """Save what a later run needs to read the model's inputs (the tokenizer)."""
         tokenizer = getattr(self, "tokenizer", None)
@@ -98,3 +108,8 @@ class Task:
     def vocab_size_hint(self) -> int | None:
         """The vocabulary size without building anything (dry runs); None: unknown until built."""
         return None
+
+    def ignored_args(self) -> dict[str, str]:
+        """The arguments this task was given but ignores as configured, {dotted key: why} (e.g. a file path for
+        the embedded corpus): the runner refuses each before any work, naming the dataset options that use it."""
+        return {}

@@ -15,15 +15,17 @@ import json
 import logging
 import os
 import sysconfig
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from omegaconf import DictConfig
 
 from tasks.errors import ConfigError
+
+if TYPE_CHECKING:  # torch is imported where tensors are made (token_blocks, tasks/batches.py)
+    import torch
 
 log = logging.getLogger(__name__)
 EOS = "<|endoftext|>"
@@ -87,6 +89,48 @@ def _builder_for(path: Path) -> tuple[str, dict]:
     return builders[suffix], {"data_files": str(path)}
 
 
+def _root_cause(e: BaseException) -> str:
+    """The first line of the innermost cause of `e` (pyarrow's parse error under datasets' generation error)."""
+    while e.__cause__ is not None or (e.__context__ is not None and not e.__suppress_context__):
+        e = e.__cause__ or e.__context__
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else f"{type(e).__name__} (no rows)"
+
+
+def local_file_problem(path: Path) -> str | None:
+    """What is wrong with a local data file, from its size and its first 64 KiB (cheap: checked before any
+    work), or None: empty, not UTF-8 text (.jsonl, .json, .txt, .csv), a first line that is not a JSON object
+    (.jsonl), not Parquet."""
+    path = Path(path).expanduser()
+    suffix = path.suffix
+    if not path.is_file() or suffix == ".gz":
+        return None
+    if path.stat().st_size == 0:
+        return f"dataset.path: {path} is empty (no documents)"
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    if suffix == ".parquet":
+        return None if head[:4] == b"PAR1" else f"dataset.path: {path} is not a Parquet file (no PAR1 header)"
+    if suffix not in (".jsonl", ".json", ".txt", ".csv"):
+        return None
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 4:  # not a character cut at the end of the chunk
+            return f"dataset.path: {path} is not UTF-8 text (byte {head[e.start]:#04x} at offset {e.start})"
+        text = head[: e.start].decode("utf-8")
+    if suffix == ".jsonl":
+        first, newline, _ = text.lstrip().partition("\n")
+        if newline or len(head) == path.stat().st_size:  # the whole first line is here
+            try:
+                row = json.loads(first)
+            except ValueError as e:
+                return f"dataset.path: {path} is not JSON lines: line 1: {e}"
+            if not isinstance(row, dict):
+                return f"dataset.path: {path}: line 1 is a JSON {type(row).__name__}, not an object with a text field"
+    return None
+
+
 def load_documents(d: DictConfig, cache: Path | None = None) -> list[str]:
     """All documents of the configured source as strings. Hub names and local files share this path; the
     embedded corpus is cached under `cache` when one is given."""
@@ -104,7 +148,12 @@ def load_documents(d: DictConfig, cache: Path | None = None) -> list[str]:
             builder, kwargs = (_builder_for(path) if path.is_file() else ("text", {"data_dir": str(path)}))
         else:
             builder, kwargs = str(d.path), ({"name": d.subset} if d.subset else {})
-        ds = datasets.load_dataset(builder, split=d.split, streaming=bool(d.streaming), **kwargs)
+        try:
+            ds = datasets.load_dataset(builder, split=d.split, streaming=bool(d.streaming), **kwargs)
+        except Exception as e:  # noqa: BLE001  (a local file datasets cannot parse: one line naming it)
+            if d.source != "local":
+                raise
+            raise ConfigError(f"dataset.path: cannot read {path} as {builder} data: {_root_cause(e)}") from e
     docs = []
     for i, row in enumerate(ds):
         if d.max_documents is not None and i >= d.max_documents:
@@ -190,6 +239,45 @@ def load_tokenizer(tcfg: DictConfig, train_docs: list[str], cache: Path, special
     return PreTrainedTokenizerFast.from_pretrained(str(path))
 
 
+WORDPIECE_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4 of a trained WordPiece
+
+
+def train_wordpiece(docs: list[str], vocab_size: int, min_frequency: int = 2, lowercase: bool = True):
+    """BERT's tokenizer recipe trained on `docs`: BERT normalisation (lowercased when `lowercase`, accents
+    stripped with it), BERT pre-tokenisation, WordPiece, every text encoded as [CLS] ... [SEP]; the special
+    tokens WORDPIECE_SPECIALS are ids 0..4 ([PAD] = 0). A transformers tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                        special_tokens=list(WORDPIECE_SPECIALS), show_progress=False)
+    tok.train_from_iterator(docs, trainer=trainer)
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+                                                       special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]")
+
+
+def wordpiece_tokenizer(docs: list[str], vocab_size: int, cache: Path, min_frequency: int = 2, lowercase: bool = True):
+    """train_wordpiece on `docs`, cached under `cache` by their content and the settings."""
+    from transformers import PreTrainedTokenizerFast
+
+    key = content_hash("wordpiece-v1", content_hash(*docs), vocab_size, min_frequency, lowercase)
+    path = Path(cache) / "tokenizers" / key
+    if not (path / "tokenizer.json").exists():
+        log.info("training a %d-token WordPiece tokenizer on %d texts (cached at %s)", vocab_size, len(docs), path)
+        tok = train_wordpiece(docs, int(vocab_size), int(min_frequency), bool(lowercase))
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        tok.save_pretrained(str(tmp))
+        publish(tmp, path)
+    return PreTrainedTokenizerFast.from_pretrained(str(path))
+
+
 def tokenize(tokenizer, docs: list[str], batch: int = 1000) -> np.ndarray:
     """Concatenate the documents' token ids, each followed by EOS."""
     eos = tokenizer.eos_token_id
@@ -210,6 +298,8 @@ def tokenize(tokenizer, docs: list[str], batch: int = 1000) -> np.ndarray:
 def token_blocks(tokens: np.ndarray, seq_len: int) -> torch.Tensor:
     """(n, seq_len + 1) int64 non-overlapping blocks of a token stream (n may be 0); consecutive blocks share
     one boundary token."""
+    import torch
+
     n = max(0, (len(tokens) - 1) // seq_len)
     idx = np.arange(n)[:, None] * seq_len + np.arange(seq_len + 1)[None, :]
     return torch.from_numpy(np.asarray(tokens)[idx].astype(np.int64).reshape(n, seq_len + 1))
@@ -223,48 +313,11 @@ def tokenizer_id(tokenizer, d: DictConfig) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- batches
-class ResumableBatchSampler(torch.utils.data.Sampler):
-    """Batches as a pure function of the global micro-batch index.
+def __getattr__(name: str):
+    """ResumableBatchSampler and BlockDataset live in tasks/batches.py (they subclass torch's classes); they are
+    importable from here as before, and importing this module does not import torch."""
+    if name in ("ResumableBatchSampler", "BlockDataset"):
+        from tasks import batches
 
-    Micro-batch b of the run is slice (b mod per_epoch) of data-epoch (b div per_epoch)'s permutation, seeded
-    by (seed, data-epoch); rank r of a world of size w takes the r-th of w consecutive slices. Iteration
-    starts at `start()` (the micro-batches already seen, restored from a checkpoint), so a resumed run
-    sees exactly the batches the uninterrupted run would have seen.
-    """
-
-    def __init__(self, n: int, batch_size: int, total: int, seed: int, start: Callable[[], int] = lambda: 0,
-                 rank: int = 0, world: int = 1):
-        if n < batch_size * world:
-            raise ConfigError(f"dataset.batch_size: {batch_size} x {world} device(s) is more than the {n} training blocks")
-        self.n, self.bs, self.total, self.seed = n, batch_size, total, seed
-        self.start, self.rank, self.world = start, rank, world
-        self.per_epoch = n // (batch_size * world)
-
-    def __len__(self) -> int:
-        return self.total
-
-    def _perm(self, epoch: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.n, generator=g)
-
-    def __iter__(self):
-        epoch, perm = -1, None
-        for b in range(int(self.start()), self.total):
-            e, pos = divmod(b, self.per_epoch)
-            if e != epoch:
-                epoch, perm = e, self._perm(e)
-            lo = (pos * self.world + self.rank) * self.bs
-            yield perm[lo:lo + self.bs].tolist()
-
-
-class BlockDataset(torch.utils.data.Dataset):
-    def __init__(self, blocks: torch.Tensor):
-        self.blocks = blocks
-
-    def __len__(self) -> int:
-        return len(self.blocks)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.blocks[i]
-
-
+        return getattr(batches, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,24 +10,23 @@ model has to beat.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from omegaconf import OmegaConf
 
 from tasks.base import BuildContext, Task, TaskData
 from tasks.common import (
-    BlockDataset,
-    ResumableBatchSampler,
     content_hash,
     load_documents,
     load_tokenizer,
+    local_file_problem,
     publish,
     split_documents,
     token_blocks,
@@ -36,10 +35,17 @@ from tasks.common import (
 )
 from tasks.errors import ConfigError, choices_hint
 
+if TYPE_CHECKING:  # torch is imported where loaders are made: validating a config builds LMCorpus without it
+    import torch
+
 log = logging.getLogger(__name__)
 
 SOURCES = ("stdlib-docs", "hub", "local")
 TOKENIZER_KEYS = {"kind": "train", "name": None, "vocab_size": 4096, "min_frequency": 2}
+MIN_BPE_VOCAB = 257  # the byte alphabet and EOS (tasks/common.py train_tokenizer)
+# What each source reads of the arguments that name where documents come from (tasks/common.py load_documents).
+SOURCE_KEYS = {"stdlib-docs": (), "local": ("path", "split", "text_field", "streaming", "max_documents"),
+               "hub": ("path", "subset", "split", "text_field", "streaming", "max_documents")}
 
 
 def check_tokenizer(spec: Any, problems: list[str]) -> dict:
@@ -55,7 +61,20 @@ def check_tokenizer(spec: Any, problems: list[str]) -> dict:
         problems.append("dataset.tokenizer.name: tokenizer.kind=hf needs a hub name or a local directory")
     elif spec["kind"] == "train" and (not isinstance(spec["vocab_size"], int) or spec["vocab_size"] <= 0):
         problems.append(f"dataset.tokenizer.vocab_size: tokenizer.kind=train needs a positive size, got {spec['vocab_size']!r}")
+    elif spec["kind"] == "train" and spec["vocab_size"] < MIN_BPE_VOCAB:
+        problems.append(f"dataset.tokenizer.vocab_size: a byte-level BPE has at least {MIN_BPE_VOCAB} tokens (256 bytes "
+                        f"and <|endoftext|>; a task's own special tokens add to it), got {spec['vocab_size']}; the "
+                        f"tokenizer would silently be larger (tasks/common.py train_tokenizer)")
     return spec
+
+
+def ignored_tokenizer_keys(spec: dict) -> dict[str, str]:
+    """The keys of a dataset.tokenizer (check_tokenizer's, defaults filled in) its kind ignores, set to a value
+    of their own: {dotted key: why}."""
+    unused = ("name",) if spec["kind"] == "train" else ("vocab_size", "min_frequency") if spec["kind"] == "hf" else ()
+    why = {"train": "it trains its own BPE", "hf": "it loads tokenizer.name as it is"}.get(spec["kind"], "")
+    return {f"tokenizer.{k}": f"tokenizer.kind={spec['kind']}: {why}" for k in unused
+            if spec[k] is not None and spec[k] != TOKENIZER_KEYS[k]}
 
 
 @dataclass
@@ -90,6 +109,10 @@ class TokenData(TaskData):
     # -- the task protocol -------------------------------------------------------------------
     def make_loaders(self, batch_size: int, total_micro_batches: int, seed: int, start: Callable[[], int] = lambda: 0,
                      rank: int = 0, world: int = 1, val_batches: int | None = None, num_workers: int = 0):
+        import torch
+
+        from tasks.batches import BlockDataset, ResumableBatchSampler
+
         train = BlockDataset(self.blocks("train"))
         val_blocks = self.blocks("val")
         if val_batches is not None:
@@ -131,11 +154,20 @@ class LMCorpus(Task):
             problems.append(f"dataset.path: dataset.source={source} needs a path (a file/dir or a hub name)")
         if source == "local" and path and not Path(str(path)).expanduser().exists():
             problems.append(f"dataset.path: no such file or directory: {path}")
+        elif source == "local" and path and (problem := local_file_problem(Path(str(path)))):
+            problems.append(problem)
         if not 0.0 < float(val_fraction) < 1.0:
             problems.append(f"dataset.val_fraction: must be in (0, 1), got {val_fraction}")
         self.tokenizer = check_tokenizer(tokenizer, problems)
         if problems:
             raise ValueError("; ".join(problems))
+        given = {"path": path, "subset": subset, "split": split, "text_field": text_field, "streaming": streaming,
+                 "max_documents": max_documents}
+        defaults = {k: p.default for k, p in inspect.signature(LMCorpus.__init__).parameters.items()}
+        why = "the embedded corpus reads no file" if source == "stdlib-docs" else "it reads no such key"
+        self._ignored = {k: f"source {source}: {why}" for k, v in given.items()
+                         if k not in SOURCE_KEYS[source] and v != defaults[k]}
+        self._ignored.update(ignored_tokenizer_keys(self.tokenizer))
         self.spec = OmegaConf.create({"source": source, "path": path, "subset": subset, "split": split,
                                       "text_field": text_field, "streaming": streaming,
                                       "max_documents": max_documents, "val_fraction": float(val_fraction),
@@ -143,6 +175,9 @@ class LMCorpus(Task):
 
     def vocab_size_hint(self) -> int | None:
         return int(self.tokenizer["vocab_size"]) if self.tokenizer["kind"] == "train" else None
+
+    def ignored_args(self) -> dict[str, str]:
+        return dict(self._ignored)
 
     def documents(self, cache: Path | None = None) -> tuple[list[str], list[str], list[str]]:
         """(all documents, train documents, val documents); the embedded corpus cached under `cache`."""

@@ -22,7 +22,7 @@ from methods.losses.noisy_copy import EOS, PAD, UNK, NoisyCopy
 from methods.module import MethodModule
 from methods.seq2seq import greedy_decode, split_batch
 from tasks.base import BuildContext, Task, TaskData
-from tasks.common import ResumableBatchSampler
+from tasks.batches import ResumableBatchSampler
 from tasks.errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -142,6 +142,12 @@ def run_dirs(runs_dir: Path) -> list[Path]:
 DATASETS: dict[str, list[str]] = {
     "domains": ["dataset=mixture-tiny"],  # prose, code, a Markov chain and a sample: false target (tasks/mixture.py)
     "forget-retain": ["dataset=fictitious-authors", "dataset.generator.num_authors=30"],  # the models of tests/methods/test_unlearning_pipeline.py
+    # source -> target pairs, with the encoder-decoder they are for (EISL): tests/methods/test_eisl.py's sizes
+    "seq2seq": ["dataset=noisy-copy", "model=t5-tiny", "dataset.generator.train_size=256", "dataset.generator.val_size=32"],
+    # labelled texts for an encoder (tasks/text_cls.py): binary (MPU), split 60/40 (bert_aigt's paper)
+    "text-classification": ["dataset=keyword-cls", "model=bert-tiny", "dataset.generator.num_classes=2",
+                            "dataset.generator.variant=bag", "dataset.generator.n=200", "dataset.val_fraction=0.4"],
+    "text-regression": ["dataset=synthetic-essays", "model=bert-tiny", "dataset.generator.n=200"],
 }
 
 
@@ -153,6 +159,14 @@ def dataset_for(needs: frozenset[str]) -> list[str]:
     if missing[0] not in DATASETS:
         raise AssertionError(f"no test dataset provides {missing[0]}: add one to tests/conftest.DATASETS")
     return DATASETS[missing[0]]
+
+
+def tiny_for(overrides: list[str] | tuple[str, ...]) -> list[str]:
+    """TINY less the keys the config of `overrides` lacks (another model or dataset: t5-tiny, noisy-copy)."""
+    from omegaconf import OmegaConf
+
+    cfg = compose_cfg(list(overrides))
+    return [o for o in TINY if OmegaConf.select(cfg, o.split("=", 1)[0], default="<absent>") != "<absent>"]
 
 
 # The trained base model of the post-training methods (compression, inference, unlearning) in tests:

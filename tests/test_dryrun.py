@@ -30,9 +30,10 @@ def test_repeated_blocks(arch, layer, n):
     assert all(any(b is m for m in model.modules()) for b in blocks)  # the model's own modules, in place
 
 
-def test_dry_run_of_an_encoder_decoder(tmp_path):
+def test_dry_run_of_an_encoder_decoder(tmp_path, capsys):
     cfg = compose_cfg(["model=t5-tiny", "dataset=noisy-copy", "dry_run=true"])
     out = plan(cfg, tmp_path)
+    assert f"the plan as JSON: {tmp_path / 'dry_run.json'}" in capsys.readouterr().out.replace("\n", "")  # says where
     from runner.data import build_task_data
 
     vocab = build_task_data(cfg).vocab_size  # no size hint: the dry run asks the task's tokenizer, as the run does

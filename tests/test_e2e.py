@@ -197,6 +197,9 @@ def test_help_and_cfg_job(tmp_path):
     h = run_cli("--help", runs_dir=tmp_path, fresh=True)
     for word in ("model", "llama-1b", "method", "adamw", "hardware", "h100x8", "dataset", "stdlib-docs"):
         assert word in h.stdout
+    assert "--help method=frugal" in h.stdout and "density:" not in h.stdout  # says how to see another's keys
+    f = run_cli("--help", "method=frugal", runs_dir=tmp_path, fresh=True)
+    assert "density:" in f.stdout and "_target_: methods.optimizers.frugal.Frugal" in f.stdout
     c = run_cli("--cfg", "job", "method=adamw", "model=llama-1b", "hardware=h100x8", runs_dir=tmp_path)
     assert "strategy: fsdp" in c.stdout and "hidden_size: 2048" in c.stdout
     assert not list(tmp_path.glob("*/*/meta.json"))

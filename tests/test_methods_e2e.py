@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from runner.config import group_options
-from tests.conftest import BASE, BASE_STEPS, TINY, compose_cfg, dataset_for, run_cli, run_in_process
+from tests.conftest import BASE, BASE_STEPS, TINY, compose_cfg, dataset_for, run_cli, run_in_process, tiny_for
 
 pytestmark = pytest.mark.e2e
 METHODS = group_options("method")
@@ -62,7 +62,7 @@ def method_runs(tmp_path_factory, base_lm):
         label = f"{dataset[0].split('=')[-1] if dataset else 'default'}-{'post' if needs_model else 'train'}"
         # base_steps as in BASE: a method that asks for the base model from scratch (EMO's cost embedding) gets
         # the one base_lm trained, not a second one
-        common = [*(BASE if needs_model else [*TINY, f"base_steps={BASE_STEPS}"]), *dataset]
+        common = [*(BASE if needs_model else [*tiny_for(dataset), f"base_steps={BASE_STEPS}"]), *dataset]
         steps = [f"trainer.max_steps={STEPS}", f"trainer.val_every_n_steps={STEPS}"]
         if needs_model and not any(_trains(m) for m in methods):
             steps = ["trainer.max_steps=0"]

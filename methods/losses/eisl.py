@@ -29,8 +29,8 @@ converged, and at small scale EISL started from a model that has not yet learned
 own poor greedy output, does worse than CE (bench/eisl_repro.py). Two choices of ours for padded batches (no
 effect at equal lengths): mean_j runs over each sequence's real n-grams (the official code averages over the
 padded width), and `mask_padded_outputs` keeps output windows past the target's length out of the selection.
-Works on seq2seq batches (B, 2, L) (methods/seq2seq.py) and on causal-LM batches (B, T+1), where output i
-predicts token i+1 under teacher forcing.
+Runs on seq2seq tasks and encoder-decoders (it declares so: a decoder-only model or a corpus is refused before
+any work); `loss` also takes causal-LM batches (B, T+1), where output i predicts token i+1 under teacher forcing.
 """
 
 from __future__ import annotations
@@ -122,6 +122,11 @@ def eisl_loss(log_probs: torch.Tensor, targets: torch.Tensor, ngrams: list[int] 
 
 class EISL(Method):
     """Edit-Invariant Sequence Loss, after a CE warm-up; AdamW as the baseline."""
+
+    # the paper's setting, checked before any work: an encoder-decoder on source -> target pairs
+    # (dataset=noisy-copy, model=t5-tiny)
+    needs_task = frozenset({"seq2seq"})
+    needs_model = frozenset({"seq2seq-lm"})
 
     def __init__(self, ngram: list[int] = (1, 2), ngram_weights: list[float] | None = None, tau: float = 1.0,
                  selection: str = "gumbel", ce_fraction: float = 0.7, ce_weight: float = 0.0,

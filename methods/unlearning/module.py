@@ -43,6 +43,9 @@ class UnlearningModule(MethodModule):
     """MethodModule on pair batches. Public names (kept stable for subclasses): `reference`, `logits`,
     `reference_logits`, `answer_nll`, `split_pair_batch`."""
 
+    # val/loss is the retain answers' NLL per token: exp of it is no perplexity TOFU or the papers report
+    reports_perplexity = False
+
     def __init__(self, model: nn.Module, method, kernels_map: dict[str, str] | None = None,
                  kernel_fallback: bool = True, **kwargs):
         super().__init__(model, method, kernels_map, kernel_fallback, **kwargs)
@@ -81,16 +84,12 @@ class UnlearningModule(MethodModule):
         return sequence_nll(logits, input_ids, answer_mask, reduction=reduction)
 
     # -- steps -------------------------------------------------------------------------------
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        self.micro_batches_seen += 1
-        forget_ids, forget_mask, retain_ids, retain_mask = split_pair_batch(batch)
-        loss = self.method.unlearning_loss(self, forget_ids, forget_mask, retain_ids, retain_mask)
-        self.tokens_seen += (forget_ids.numel() + retain_ids.numel()) * self.trainer.world_size
-        self._last_loss = loss.detach()
-        self.log("train/loss", self._last_loss, prog_bar=True, on_step=True, on_epoch=False)
-        if self._logging_step():
-            self.log("train/tokens_seen", float(self.tokens_seen), on_step=True, on_epoch=False)
-        return loss
+    def step_loss(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.method.unlearning_loss(self, *split_pair_batch(batch))
+
+    def batch_tokens(self, batch: torch.Tensor) -> int:
+        forget_ids, _, retain_ids, _ = split_pair_batch(batch)
+        return forget_ids.numel() + retain_ids.numel()
 
     def on_validation_epoch_start(self) -> None:
         super().on_validation_epoch_start()
@@ -105,7 +104,7 @@ class UnlearningModule(MethodModule):
             count += mask[:, 1:].sum().double()
 
     def on_validation_epoch_end(self) -> None:
-        super().on_validation_epoch_end()  # val/loss, val/ppl: the retain answers
+        super().on_validation_epoch_end()  # val/loss: the retain answers' NLL per token
         total = self.trainer.strategy.reduce(self._forget_sum, reduce_op="sum")
         count = self.trainer.strategy.reduce(self._forget_count, reduce_op="sum")
         self.log("val/forget_loss", (total / count.clamp_min(1)).float(), sync_dist=False)

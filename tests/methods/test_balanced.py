@@ -179,6 +179,7 @@ def test_cooldown_run_resumes_exactly_across_the_switch(tmp_path):
     for f in ckpts.iterdir():
         if f.name != "step000003.ckpt":
             f.unlink()
+    (tmp_path / "full" / "summary.json").unlink()  # as a run killed before its end: no summary (a finished run is not resumed)
     resumed = run(compose_cfg([*overrides, f"resume={tmp_path / 'full'}"]), run_dir=tmp_path / "full", identity="full")
     assert resumed["steps"] == full["steps"] == 6
     for key in ("train/loss", "val/loss", "val/loss/prose", "val/loss/code", "val/loss/markov", "val/loss/target"):

@@ -154,6 +154,7 @@ def test_resume_restores_alpha_exactly(tmp_path):
     for f in (half / "checkpoints").glob("*.ckpt"):
         if f.name != "step000006.ckpt":
             f.unlink()
+    (half / "summary.json").unlink()  # as a run killed before its end: no summary (a finished run is not resumed)
     ckpt = torch.load(half / "checkpoints" / "step000006.ckpt", weights_only=False)
     assert ckpt["dga"]["steps"] == [0, 3]  # the updates made before the checkpoint
     resumed = run_dga(half, *steps, f"resume={half}")

@@ -172,7 +172,8 @@ def test_mask_does_not_change_while_fine_tuning(n_m, fresh_params):
 
 # -- the fine-tune through the runner: logged every step, checkpointed, resumed exactly --------------
 FINETUNE = [*BASE, "method=essential_sparsity", "method.sparsity=0.6", "method.finetune_steps=6",
-            "trainer.checkpoint_every_n_steps=2", "trainer.log_every_n_steps=1", "logger=csv"]
+            "trainer.checkpoint_every_n_steps=2", "trainer.keep_checkpoints=3", "trainer.log_every_n_steps=1",
+            "logger=csv"]  # keep_checkpoints=3: all of steps 2, 4, 6 (the crash below keeps the step-2 one)
 
 
 def _csv_rows(run_dir: Path) -> list[dict]:

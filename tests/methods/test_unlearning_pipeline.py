@@ -250,8 +250,10 @@ def test_an_unlearning_run_resumes_exactly(tmp_path):
     for f in (tmp_path / "full" / "checkpoints").iterdir():
         if f.name != "step000003.ckpt":
             f.unlink()
+    (tmp_path / "full" / "summary.json").unlink()  # as a run killed before its end: no summary (a finished run is not resumed)
     resumed = run(compose_cfg([*overrides, f"resume={tmp_path / 'full'}"]), run_dir=tmp_path / "full", identity="full")
     assert resumed["steps"] == full["steps"] == 6
+    assert "val/ppl" not in full and "val/forget_loss" in full  # the retain answers' NLL is not called a perplexity
     for key in ("train/loss", "val/loss", "eval/forget_prob", "eval/retain_prob", "eval/forget_quality",
                 "eval/model_utility"):
         assert resumed[key] == pytest.approx(full[key], abs=1e-6), key

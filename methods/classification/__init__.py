@@ -1,0 +1,1 @@
+"""Text classification: shared machinery (classifier, metrics, corpora) and one module per paper."""
