@@ -376,8 +376,9 @@ class TextRegression(TextClassification):
 
 # ---------------------------------------------------------------------------------------------- the writer LM
 class LMWriter:
-    """Continuations of openings by a causal LM, sampled (temperature, top-k) from a seeded generator: the
-    machine side of aigt. `__call__(openings, lengths)`: each opening continued to `lengths[i]` words."""
+    """Continuations of openings by a causal LM (transformers `generate`, KV-cached), sampled (temperature,
+    top-k) with a seeded RNG: the machine side of aigt. `__call__(openings, lengths)`: each opening continued
+    to `lengths[i]` words (EOS is never sampled; the text is cut to words after decoding)."""
 
     def __init__(self, model, tokenizer, seed: int = 0, temperature: float = 1.0, top_k: int = 0,
                  batch_size: int = 64, max_len: int = 0):
@@ -388,44 +389,32 @@ class LMWriter:
         import torch
 
         out: list[str] = []
-        generator = torch.Generator().manual_seed(self.seed)
-        for i in range(0, len(openings), self.batch_size):
-            out += self._batch(openings[i:i + self.batch_size], lengths[i:i + self.batch_size], generator)
+        with torch.random.fork_rng():  # the caller's RNG is left as it was
+            for k, i in enumerate(range(0, len(openings), self.batch_size)):
+                torch.manual_seed(self.seed * 100_003 + k)  # each batch its own stream: the same text on resume
+                out += self._batch(openings[i:i + self.batch_size], lengths[i:i + self.batch_size])
         return out
 
-    def _batch(self, openings: list[str], lengths: list[int], generator) -> list[str]:
+    def _batch(self, openings: list[str], lengths: list[int]) -> list[str]:
         import torch
 
         device = next(self.model.parameters()).device
         prompts = [self.tok(o, add_special_tokens=False)["input_ids"] for o in openings]
-        # tokens to sample: ~1.5-2.5 per word for a small BPE; the text is cut to words after. Past the model's
-        # length the context slides: each token sees the last max_len tokens
-        budget = int(3 * max(lengths) + 8)
         width = max(map(len, prompts))
+        # tokens to sample: ~1.5-2.5 per word for a small BPE (cut to words after); within the model's length
+        budget = int(3 * max(lengths) + 8)
+        if self.max_len:
+            budget = max(1, min(budget, 2 * self.max_len - width))
         eos = self.tok.eos_token_id
-        # left-pad so every row continues from its last prompt token; pad positions are masked and not attended
-        ids = torch.full((len(prompts), width), eos, dtype=torch.long)
+        ids = torch.full((len(prompts), width), eos, dtype=torch.long)  # left-padded: rows continue together
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for b, p in enumerate(prompts):
-            ids[b, width - len(p):] = torch.tensor(p)
-            mask[b, width - len(p):] = 1
-        new = []
+        for b, prompt in enumerate(prompts):
+            ids[b, width - len(prompt):] = torch.tensor(prompt)
+            mask[b, width - len(prompt):] = 1
         with torch.no_grad():
-            for _ in range(budget):
-                window = ids[:, -self.max_len:] if self.max_len else ids
-                wmask = mask[:, -self.max_len:] if self.max_len else mask
-                pos = (wmask.cumsum(-1) - 1).clamp_min(0)
-                logits = self.model(input_ids=window.to(device), attention_mask=wmask.to(device),
-                                    position_ids=pos.to(device)).logits[:, -1].float().cpu()
-                logits[:, eos] = float("-inf")  # continue to the length asked for
-                if self.top_k:
-                    kth = logits.topk(self.top_k, dim=-1).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                probs = torch.softmax(logits / max(self.temperature, 1e-6), -1)
-                nxt = torch.multinomial(probs, 1, generator=generator)
-                new.append(nxt)
-                ids = torch.cat([ids, nxt], 1)
-                mask = torch.cat([mask, torch.ones_like(nxt)], 1)
-        tokens = torch.cat(new, 1).tolist() if new else [[] for _ in prompts]
-        texts = self.tok.batch_decode(tokens, skip_special_tokens=True)
+            tokens = self.model.generate(
+                input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True, max_new_tokens=budget,
+                min_new_tokens=budget, temperature=max(self.temperature, 1e-6), top_k=self.top_k or None, top_p=None,
+                pad_token_id=eos, eos_token_id=None, suppress_tokens=[eos])[:, width:]
+        texts = self.tok.batch_decode(tokens.tolist(), skip_special_tokens=True)
         return [" ".join(t.split()[:n]) for t, n in zip(texts, lengths)]

@@ -219,3 +219,25 @@ def test_every_dataset_yaml_lists_its_sources_arguments():
         d = compose_cfg([f"dataset={name}", "model=bert-tiny"]).dataset
         fn = getattr(corpora, SOURCES[d.source][0])
         assert set(d.generator) == set(inspect.signature(fn).parameters) - internal, name
+
+
+def test_the_writer_lm_is_seeded_and_writes_the_lengths_asked(tmp_path):
+    """aigt's machine side: the same text for the same seed (another seed differs), no continuation longer than
+    the words asked for (a shorter one cuts its human pair: corpora.aigt_pairs), and the caller's RNG untouched."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tasks.common import train_tokenizer
+    from tasks.text_cls import LMWriter
+
+    docs = [f"the {w} module returns a value of the list number {i}" for i, w in enumerate(["os", "re", "io"] * 30)]
+    tok = train_tokenizer(docs, 300, min_frequency=1)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, max_position_embeddings=64)).eval()
+    openings, lengths = ["the os module", "the re module returns a", "a value"], [5, 12, 1]
+    state = torch.get_rng_state()
+    a = LMWriter(model, tok, seed=0, batch_size=2)(openings, lengths)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert a == LMWriter(model, tok, seed=0, batch_size=2)(openings, lengths)
+    assert a != LMWriter(model, tok, seed=1, batch_size=2)(openings, lengths)
+    assert all(0 < len(t.split()) <= n for t, n in zip(a, lengths)), a
