@@ -3,7 +3,7 @@
 Every arm is one `python -m runner` run (bench/common.py run_one), seeds as given; the script prints one
 markdown table per experiment (mean ± half-range over seeds) for docs/classification.md.
 
-  aigt   BERT (bert-tiny from scratch; the real MiniLM fine-tuned) vs TF-IDF + logistic regression on the
+  aigt   (300 documents: 600 texts) BERT (bert-tiny from scratch; the real MiniLM fine-tuned) vs TF-IDF + LR on the
          same cleaned 60/40 split of `dataset=aigt` (method=bert_aigt; its evaluate fits the baseline).
   mpu    MPU vs plain CE (method=mpu method.pu_weight=0 method.deletion_prob=0), the real MiniLM, on aigt
          with both scales (generator.length=mixed, short pairs of 10-40 words < len_thres 55 tokens): F1 on
@@ -36,9 +36,9 @@ BERT_TINY = ["model=bert-tiny", "method.lr=1e-3"]
 # experiment -> [(arm label, overrides)], and the summary keys its table shows
 EXPERIMENTS: dict[str, tuple[list[tuple[str, list[str]]], list[str]]] = {
     "aigt": ([
-        ("bert-tiny (scratch)", ["method=bert_aigt", "dataset=aigt", "dataset.val_fraction=0.4", *BERT_TINY,
+        ("bert-tiny (scratch)", ["method=bert_aigt", "dataset=aigt", "dataset.generator.n=300", "dataset.val_fraction=0.4", *BERT_TINY,
                                  "trainer.max_steps=300"]),
-        ("MiniLM (fine-tuned)", ["method=bert_aigt", "dataset=aigt", "dataset.val_fraction=0.4", *MINILM,
+        ("MiniLM (fine-tuned)", ["method=bert_aigt", "dataset=aigt", "dataset.generator.n=300", "dataset.val_fraction=0.4", *MINILM,
                                  "trainer.max_steps=150"]),
     ], ["eval/bert/accuracy", "eval/bert/macro_f1", "eval/bert/roc_auc", "eval/tfidf_lr/accuracy",
         "eval/tfidf_lr/macro_f1", "eval/tfidf_lr/roc_auc"]),
@@ -46,7 +46,7 @@ EXPERIMENTS: dict[str, tuple[list[tuple[str, list[str]]], list[str]]] = {
         ("CE (MiniLM)", ["method=mpu", "method.pu_weight=0", "method.deletion_prob=0", "dataset=aigt",
                          "dataset.generator.length=mixed", "dataset.generator.short_max_tokens=40", *MINILM,
                          "trainer.max_steps=150"]),
-        ("MPU (MiniLM)", ["method=mpu", "dataset=aigt", "dataset.generator.length=mixed",
+        ("MPU (MiniLM)", ["method=mpu", "dataset=aigt", "dataset.generator.n=300", "dataset.generator.length=mixed",
                           "dataset.generator.short_max_tokens=40", *MINILM, "trainer.max_steps=150"]),
     ], ["eval/short/f1", "eval/long/f1", "eval/macro_f1", "eval/roc_auc"]),
     "aes": ([

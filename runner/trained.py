@@ -189,5 +189,6 @@ class TrainedModels:
             if saved.is_file():
                 m = OmegaConf.load(saved).model
             m.init_from = str(path)
-            self._loaded[path] = build_model(m, model_vocab_size(m, self.vocab_size(path))).float().eval()
+            with _rng_kept():  # its random init (overwritten by the weights) must not move the caller's RNG
+                self._loaded[path] = build_model(m, model_vocab_size(m, self.vocab_size(path))).float().eval()
         return self._loaded[path]

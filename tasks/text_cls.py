@@ -40,7 +40,7 @@ import numpy as np
 
 from methods.classification import corpora
 from tasks.base import BuildContext, Task, TaskData
-from tasks.common import cached_stdlib_documents, split_documents, wordpiece_tokenizer
+from tasks.common import cached_stdlib_documents, content_hash, split_documents, wordpiece_tokenizer
 from tasks.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -288,7 +288,32 @@ class TextClassification(Task):
             return self.fn(**{"cache_dir": ctx.cache_dir, **self.generator})
         if self.source != "aigt":
             return self.fn(**self.generator)
-        return self.fn(self._human_texts(ctx), self._writer(ctx), **self.generator)
+        return self._aigt(ctx)
+
+    def _aigt(self, ctx: BuildContext) -> corpora.LabelledTexts:
+        """aigt's texts, cached under the cache dir by the writer LM (its run directory's key), the sampling and
+        the generator's arguments: sampling them takes minutes, every later run with the same data reads them."""
+        import json
+        import os
+
+        path = self._writer_path(ctx)
+        sampling = {k: self.lm[k] for k in ("seed", "temperature", "top_k", "batch_size")}
+        key = content_hash("aigt-v1", Path(path).name, sampling, self.generator,
+                           content_hash(*self._human_texts(ctx)))
+        cached = Path(ctx.cache_dir) / "aigt" / f"{key}.json"
+        if cached.exists():
+            d = json.loads(cached.read_text())
+            return corpora.LabelledTexts(d["texts"], np.asarray(d["labels"]), d["label_names"], d["task_type"],
+                                         meta={k: np.asarray(v) for k, v in d["meta"].items()})
+        log.info("aigt: writing the machine side with the writer LM %s (cached at %s)", path, cached)
+        texts = self.fn(self._human_texts(ctx), self._writer(ctx, path), **self.generator)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps({"texts": texts.texts, "labels": texts.labels.tolist(), "label_names": texts.label_names,
+                                   "task_type": texts.task_type,
+                                   "meta": {k: np.asarray(v).tolist() for k, v in texts.meta.items()}}))
+        os.replace(tmp, cached)
+        return texts
 
     def _human_texts(self, ctx: BuildContext) -> list[str]:
         """The embedded corpus's documents the writer LM did not train on (its dataset's validation split)."""
@@ -298,15 +323,19 @@ class TextClassification(Task):
         fraction = float({"val_fraction": 0.05, **self.lm["dataset_args"]}["val_fraction"])
         return split_documents(cached_stdlib_documents(ctx.cache_dir), fraction)[1]
 
-    def _writer(self, ctx: BuildContext):
-        """generate(openings, lengths) -> continuations by the runner's cached writer LM."""
+    def _writer_path(self, ctx: BuildContext) -> Path:
+        """The run directory of the writer LM: the base LM of its own model and corpus (the runner's shared cache)."""
         if ctx.trained_model is None:
             raise ConfigError("dataset=aigt: its machine texts come from a causal LM the runner trains; build it "
                               "through the runner (python -m runner dataset=aigt ...)")
         lm = self.lm
         spec = {"model": (lm["model"], dict(lm["model_args"])), "dataset": (lm["dataset"], dict(lm["dataset_args"])),
                 "seed": int(lm["seed"])}
-        path = ctx.trained_model.path("base", **spec)  # the base LM of its own model and corpus (shared cache)
+        return Path(ctx.trained_model.path("base", **spec))
+
+    def _writer(self, ctx: BuildContext, path: Path):
+        """generate(openings, lengths) -> continuations by the writer LM saved at `path`."""
+        lm = self.lm
         from transformers import AutoTokenizer
 
         model = ctx.trained_model.load(str(path))

@@ -203,6 +203,9 @@ def test_aigt_machine_side_comes_from_the_cached_base_lm(tmp_path, base_lm):
     spec = {"model": (lm.model, dict(lm.model_args)), "dataset": (lm.dataset, dict(lm.dataset_args)), "seed": lm.seed}
     assert model_dir(cfg, "base", **spec) == model_dir(compose_cfg(BASE)), "the writer is not the tests' base LM"
     s = run_in_process(overrides, tmp_path / "run")
+    again = run_in_process(overrides, tmp_path / "again")  # the machine texts come from the cache: the same data
+    assert again["eval/roc_auc"] == s["eval/roc_auc"] and again["val/loss"] == s["val/loss"]
+    assert list((Path(cfg.paths.cache_dir).expanduser() / "aigt").glob("*.json"))
     assert s["data/classes"] == 2 and s["data/train_examples"] + s["data/val_examples"] >= 200
     assert 0 <= s["eval/roc_auc"] <= 1 and math.isfinite(s["val/auc"]) and math.isfinite(s["val/loss"])
 
