@@ -444,6 +444,6 @@ class LMWriter:
             tokens = self.model.generate(
                 input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True, max_new_tokens=budget,
                 min_new_tokens=budget, temperature=max(self.temperature, 1e-6), top_k=self.top_k or None, top_p=None,
-                pad_token_id=eos, eos_token_id=None, suppress_tokens=[eos])[:, width:]
+                pad_token_id=eos, eos_token_id=None, suppress_tokens=[eos], use_cache=True)[:, width:]
         texts = self.tok.batch_decode(tokens.tolist(), skip_special_tokens=True)
         return [" ".join(t.split()[:n]) for t, n in zip(texts, lengths)]
