@@ -43,24 +43,26 @@ _NOT_LEARNED = ("name", "num_workers")
 Option = str | tuple[str, dict] | None  # an option name of its config group, optionally with key overrides
 
 
-def _option(group: str, option) -> DictConfig:
-    """configs/<group>/<name>.yaml with overrides: `option` is a name or (name, {key: value, ...})."""
+def _option(group: str, option, depth: int = 0) -> DictConfig:
+    """configs/<group>/<name>.yaml with overrides: `option` is a name or (name, {key: value, ...}). Options of the
+    same group that its defaults list names come first (method=dupmae lists adamw), as Hydra composes them."""
     name, overrides = (option, {}) if isinstance(option, str) else option
     path = CONFIG_DIR / group / f"{name}.yaml"
-    if not path.exists():
+    if not path.exists() or depth > 8:
         options = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
         raise ValueError(f"{group}={name}: no such option for a trained model; choose one of: {', '.join(options)}")
     node = OmegaConf.load(path)
-    if "defaults" in node:
-        node.pop("defaults")
-    return OmegaConf.merge(node, overrides or {})
+    parents = [e for e in node.pop("defaults", None) or [] if isinstance(e, str) and e != "_self_"]
+    return OmegaConf.merge(*(_option(group, p, depth + 1) for p in parents), node, overrides or {})
 
 
 def role_config(cfg: DictConfig, role: str = BASE, changes: dict | None = None, model: Option = None,
-                dataset: Option = None, seed: int | None = None) -> DictConfig:
+                dataset: Option = None, seed: int | None = None, method: Option = None,
+                steps: int | None = None) -> DictConfig:
     """The config of the run that trains `role`'s model for `cfg`: same model, task (with `changes` merged into
     its arguments), hardware and seed, unless the role names its own `model`, `dataset` or `seed`; the baseline
-    method and the default trainer; no logger."""
+    method (or the role's own `method`: a pre-training stage, e.g. DupMAE's before its fine-tuning) for
+    `base_steps` steps (or `steps`) of the default trainer; no logger."""
     out = cfg.copy()
     OmegaConf.set_struct(out, False)
     if model is not None:
@@ -69,9 +71,10 @@ def role_config(cfg: DictConfig, role: str = BASE, changes: dict | None = None, 
         out.dataset = _option("dataset", dataset)
     if seed is not None:
         out.seed = int(seed)
-    out.method = OmegaConf.load(CONFIG_DIR / "method" / "adamw.yaml")
+    out.method = _option("method", "adamw" if method is None else method)
     out.trainer = OmegaConf.merge(OmegaConf.load(CONFIG_DIR / "trainer" / "default.yaml"),
-                                  {"max_steps": int(cfg.base_steps), "enable_progress_bar": cfg.trainer.enable_progress_bar})
+                                  {"max_steps": int(cfg.base_steps if steps is None else steps),
+                                   "enable_progress_bar": cfg.trainer.enable_progress_bar})
     out.logger = OmegaConf.load(CONFIG_DIR / "logger" / "none.yaml")
     if changes:
         out.dataset = OmegaConf.merge(out.dataset, changes)
@@ -112,7 +115,7 @@ def role_key(cfg: DictConfig, role: str = BASE, changes: dict | None = None, **o
 
 def model_dir(cfg: DictConfig, role: str = BASE, changes: dict | None = None, **other) -> Path:
     """Where `role`'s model for `cfg` is cached (a run directory: checkpoints/last.ckpt, summary.json, ...).
-    `other`: the role's own model=, dataset=, seed= (role_config)."""
+    `other`: the role's own model=, dataset=, seed=, method=, steps= (role_config)."""
     b = role_config(cfg, role, changes, **other)
     return Path(cfg.paths.cache_dir).expanduser() / "trained" / f"{role}-{b.model.name}-{role_key(cfg, role, changes, **other)}"
 
@@ -131,8 +134,8 @@ def ensure(cfg: DictConfig, run: Callable[..., dict], role: str = BASE, changes:
         tmp = final.with_name(final.name + f".tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         b = role_config(cfg, role, changes, **other)
-        log.info("training the %s model once (%d steps of %s on %s); cached at %s", role, cfg.base_steps,
-                 b.model.name, b.dataset.name, final)
+        log.info("training the %s model once (%d steps of %s on %s, method=%s); cached at %s", role,
+                 b.trainer.max_steps, b.model.name, b.dataset.name, b.method.name, final)
         run(b, run_dir=tmp, identity=f"{role}:{role_key(cfg, role, changes, **other)}", role=role)
         # keep one real last.ckpt (it may be a link to a step file), not the periodic ones
         last = tmp / "checkpoints" / "last.ckpt"
@@ -171,7 +174,7 @@ class TrainedModels:
         self._loaded: dict[str, Any] = {}
 
     def __call__(self, role: str = BASE, changes: dict | None = None, **other):
-        """`role`'s model, trained once; `other`: its own model=, dataset=, seed= (role_config)."""
+        """`role`'s model, trained once; `other`: its own model=, dataset=, seed=, method=, steps= (role_config)."""
         return self.load(str(self.path(role, changes, **other)))
 
     def path(self, role: str = BASE, changes: dict | None = None, **other) -> Path:

@@ -278,6 +278,47 @@ def wordpiece_tokenizer(docs: list[str], vocab_size: int, cache: Path, min_frequ
     return PreTrainedTokenizerFast.from_pretrained(str(path))
 
 
+ENCODER_TOKENIZER_KINDS = ("auto", "train", "hf")
+ENCODER_TOKENIZER_DEFAULTS = {"kind": "auto", "name": None, "vocab_size": 4096, "min_frequency": 2, "lowercase": True}
+
+
+def check_encoder_tokenizer(t: dict | None, key: str = "dataset.tokenizer") -> dict:
+    """The `tokenizer` block of an encoder task with its defaults filled in, checked (one line naming the key)."""
+    t = {**ENCODER_TOKENIZER_DEFAULTS, **(t or {})}
+    if t["kind"] not in ENCODER_TOKENIZER_KINDS:
+        raise ValueError(f"{key}.kind: {t['kind']!r}; choose one of: {', '.join(ENCODER_TOKENIZER_KINDS)}")
+    if t["kind"] == "hf" and not t["name"]:
+        raise ValueError(f"{key}.name: kind=hf needs a tokenizer name or directory")
+    return t
+
+
+def encoder_tokenizer(t: dict, model_source: str | None, train_texts: list[str], cache: Path):
+    """The tokenizer of an encoder task (text classification, retrieval): `auto` takes a pretrained model's own
+    (model.init_from an HF directory with a tokenizer, e.g. model=minilm's WordPiece, or hf://name: its ids are what
+    its embeddings were trained on) and otherwise trains `train`, an uncased WordPiece on `train_texts` ([PAD]=0,
+    [UNK], [CLS], [SEP], [MASK]), cached by content; `hf` loads `t["name"]`."""
+    kind = t["kind"]
+    if kind == "auto":
+        source = str(model_source or "")
+        src = Path(source).expanduser()
+        if source.startswith("hf://"):
+            kind, t = "hf", {**t, "name": source.removeprefix("hf://")}
+        elif source and src.is_dir() and ((src / "tokenizer.json").exists() or (src / "vocab.txt").exists()):
+            kind, t = "hf", {**t, "name": str(src)}
+        else:
+            kind = "train"
+    if kind == "hf":
+        from transformers import AutoTokenizer
+
+        name = str(t["name"])
+        local = Path(name).expanduser()
+        tok = AutoTokenizer.from_pretrained(str(local) if local.is_dir() else name)
+        if tok.pad_token_id is None:
+            raise ConfigError(f"dataset.tokenizer.name: {name} has no pad token")
+        return tok
+    return wordpiece_tokenizer(train_texts, int(t["vocab_size"]), cache, int(t["min_frequency"]), bool(t["lowercase"]))
+
+
 def tokenize(tokenizer, docs: list[str], batch: int = 1000) -> np.ndarray:
     """Concatenate the documents' token ids, each followed by EOS."""
     eos = tokenizer.eos_token_id

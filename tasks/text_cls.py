@@ -40,7 +40,13 @@ import numpy as np
 
 from methods.classification import corpora
 from tasks.base import BuildContext, Task, TaskData
-from tasks.common import cached_stdlib_documents, content_hash, split_documents, wordpiece_tokenizer
+from tasks.common import (
+    cached_stdlib_documents,
+    check_encoder_tokenizer,
+    content_hash,
+    encoder_tokenizer,
+    split_documents,
+)
 from tasks.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -52,7 +58,6 @@ SOURCES: dict[str, tuple[str, bool]] = {
     "synthetic-essays": ("synthetic_essays", True),
     "aigt": ("aigt_pairs", False),
 }
-TOKENIZER_KINDS = ("auto", "train", "hf")
 POOLING = ("cls", "mean", "max")  # methods.classification.classifier.POOLING (not imported here: it imports torch)
 # the causal LM that writes aigt's machine side: a model and a dataset option of configs/, trained once and
 # cached by the runner (runner/trained.py); its own seed, so that every run's data is the same
@@ -265,12 +270,7 @@ class TextClassification(Task):
         if not 0 < float(val_fraction) < 1:
             raise ValueError(f"dataset.val_fraction: {val_fraction}; a fraction in (0, 1)")
         self.val_fraction = float(val_fraction)
-        self.tokenizer = {"kind": "auto", "name": None, "vocab_size": 4096, "min_frequency": 2, "lowercase": True,
-                          **(tokenizer or {})}
-        if self.tokenizer["kind"] not in TOKENIZER_KINDS:
-            raise ValueError(f"dataset.tokenizer.kind: {self.tokenizer['kind']!r}; choose one of: {', '.join(TOKENIZER_KINDS)}")
-        if self.tokenizer["kind"] == "hf" and not self.tokenizer["name"]:
-            raise ValueError("dataset.tokenizer.name: kind=hf needs a tokenizer name or directory")
+        self.tokenizer = check_encoder_tokenizer(tokenizer)
         self.head = {"pooling": "cls", "dropout": 0.1, **(head or {})}
         if self.head["pooling"] not in POOLING:
             raise ValueError(f"dataset.head.pooling: {self.head['pooling']!r}; choose one of: {', '.join(POOLING)}")
@@ -343,30 +343,6 @@ class TextClassification(Task):
         return LMWriter(model, tok, seed=int(lm["seed"]), temperature=float(lm["temperature"]), top_k=int(lm["top_k"]),
                         batch_size=int(lm["batch_size"]), max_len=int(getattr(model.config, "max_position_embeddings", 0) or 0))
 
-    def _load_tokenizer(self, ctx: BuildContext, train_texts: list[str]):
-        t = self.tokenizer
-        kind = t["kind"]
-        if kind == "auto":  # a pretrained model's own tokenizer: its ids are what its embeddings were trained on
-            source = str(ctx.model_source or "")
-            src = Path(source).expanduser()
-            if source.startswith("hf://"):
-                kind, t = "hf", {**t, "name": source.removeprefix("hf://")}
-            elif source and src.is_dir() and ((src / "tokenizer.json").exists() or (src / "vocab.txt").exists()):
-                kind, t = "hf", {**t, "name": str(src)}
-            else:
-                kind = "train"
-        if kind == "hf":
-            from transformers import AutoTokenizer
-
-            name = str(t["name"])
-            local = Path(name).expanduser()
-            tok = AutoTokenizer.from_pretrained(str(local) if local.is_dir() else name)
-            if tok.pad_token_id is None:
-                raise ConfigError(f"dataset.tokenizer.name: {name} has no pad token")
-            return tok
-        return wordpiece_tokenizer(train_texts, int(t["vocab_size"]), ctx.cache_dir, int(t["min_frequency"]),
-                                   bool(t["lowercase"]))
-
     def build(self, ctx: BuildContext) -> TextClsData:
         texts = self._texts(ctx)
         idx = np.arange(len(texts.texts))
@@ -381,7 +357,7 @@ class TextClassification(Task):
         train_idx, val_idx = corpora.stratified_split(labels, self.val_fraction, keys)
         train_idx, val_idx = np.asarray(train_idx, dtype=np.int64), np.asarray(val_idx, dtype=np.int64)
         train_texts, val_texts = [pick[i] for i in train_idx], [pick[i] for i in val_idx]
-        tok = self._load_tokenizer(ctx, train_texts)
+        tok = encoder_tokenizer(self.tokenizer, ctx.model_source, train_texts, ctx.cache_dir)
         meta = {k: np.asarray(v)[idx] for k, v in texts.meta.items() if len(v) == len(texts.texts)}
         meta = {**{f"train_{k}": v[train_idx] for k, v in meta.items()}, **{f"val_{k}": v[val_idx] for k, v in meta.items()}}
         data = TextClsData(self.source, texts.task_type, list(texts.label_names), train_texts, val_texts,

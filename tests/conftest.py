@@ -148,6 +148,8 @@ DATASETS: dict[str, list[str]] = {
     "text-classification": ["dataset=keyword-cls", "model=bert-tiny", "dataset.generator.num_classes=2",
                             "dataset.generator.variant=bag", "dataset.generator.n=200", "dataset.val_fraction=0.4"],
     "text-regression": ["dataset=synthetic-essays", "model=bert-tiny", "dataset.generator.n=200"],
+    # queries, passages and qrels for a bi-encoder (tasks/retrieval.py): a 150-passage subset of stdlib-retrieval
+    "retrieval": ["dataset=stdlib-retrieval", "model=bert-tiny", "dataset.max_passages=150", "dataset.eval.k=20"],
 }
 
 

@@ -192,7 +192,9 @@ def stdlib_docstrings(root: str | Path | None = None, include: Collection[str] |
     return records
 
 
-def _cached_stdlib_docstrings(root, include, cache_dir) -> list[dict]:
+def cached_stdlib_docstrings(root=None, include=None, cache_dir=None) -> list[dict]:
+    """stdlib_docstrings, read back from `cache_dir` after the first walk (seconds of parsing): JSON keyed by the
+    Python version and the tree; no cache_dir: walked every time."""
     if cache_dir is None:
         return stdlib_docstrings(root, include)
     root = str(Path(sysconfig.get_paths()["stdlib"] if root is None else root).resolve())
@@ -231,7 +233,7 @@ def stdlib_packages(min_per_class: int = 150, max_per_class: int | None = None, 
     function). `root`/`include` read another tree or only some top-level names (tests); `cache_dir` caches the
     walk (seconds of parsing) as JSON keyed by the Python version and the tree.
     """
-    records = _cached_stdlib_docstrings(root, include, cache_dir)
+    records = cached_stdlib_docstrings(root, include, cache_dir)
     records = [r for r in records if len(r["text"]) >= min_chars]
     packages_of: dict[str, set[str]] = {}
     for r in records:
