@@ -19,15 +19,12 @@ markdown table per experiment (mean ± half-range over seeds) for docs/classific
 
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from bench.common import run_one  # noqa: E402
+from bench.common import run_tables  # noqa: E402
 
 THREADS = ["hardware.threads=2", "logger=csv"]
 MINILM = ["model=minilm", "method.lr=5e-5", "method.warmup_steps=6", "dataset.batch_size=16"]  # 60 steps: ~2 epochs of 480 texts
@@ -60,39 +57,10 @@ EXPERIMENTS: dict[str, tuple[list[tuple[str, list[str]]], list[str]]] = {
 }
 
 
-def fmt(values: list[float]) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "-"
-    mean = statistics.fmean(values)
-    return f"{mean:.3f}" if len(values) == 1 else f"{mean:.3f} ± {(max(values) - min(values)) / 2:.3f}"
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("experiments", nargs="*", default=list(EXPERIMENTS), choices=list(EXPERIMENTS))
-    ap.add_argument("--seeds", default="0,1")
-    ap.add_argument("--runs-dir", type=Path, default=Path("/tmp/cls_repro"))
-    ap.add_argument("--rerun", action="store_true")
-    args = ap.parse_args()
-    seeds = [int(s) for s in args.seeds.split(",")]
-    for exp in args.experiments:
-        arms, keys = EXPERIMENTS[exp]
-        rows = {}
-        for label, overrides in arms:
-            slug = label.split(" (")[0].replace(" ", "-").lower() if exp != "rcnn" else label.replace(" on ", "_")
-            summaries = []
-            for seed in seeds:
-                run = run_one(f"{exp}-{slug}-s{seed}", [*overrides, *THREADS, f"seed={seed}"], args.runs_dir, args.rerun)
-                summaries.append(json.loads((run / "summary.json").read_text()))
-            rows[label] = summaries
-        shown = keys or sorted({k for ss in rows.values() for s in ss for k in s if k.startswith("eval/")
-                                and isinstance(s[k], (int, float))})
-        print(f"\n### {exp} (seeds {args.seeds})\n")
-        print("| arm | " + " | ".join(k.removeprefix("eval/") for k in shown) + " |")
-        print("|---|" + "---|" * len(shown))
-        for label, ss in rows.items():
-            print(f"| {label} | " + " | ".join(fmt([s.get(k) for s in ss]) for k in shown) + " |")
+    run_tables(EXPERIMENTS, __doc__, "/tmp/cls_repro", THREADS,
+               slug=lambda label: label.split(" (")[0].replace(" ", "-").lower() if " on " not in label
+               else label.replace(" on ", "_"))
 
 
 if __name__ == "__main__":

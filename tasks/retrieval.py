@@ -123,6 +123,21 @@ class RetrievalData(TaskData):
         """(qid, pid) for every positive of every query of `split`, sorted."""
         return sorted((q, p) for q, rels in self.corpus.qrels.get(split, {}).items() for p, r in rels.items() if r > 0)
 
+    def with_hard_negatives(self, n: int, skip: int = 0) -> RetrievalData:
+        """This data with `n` BM25-mined hard negatives per train query (its top-ranked passages that are not judged
+        relevant, after skipping the first `skip` of them): what a method that needs them returns from prepare_data."""
+        from dataclasses import replace
+
+        from methods.retrieval.bm25 import mine_hard_negatives
+
+        if n <= 0:
+            return replace(self, hard_negatives=0, hard={})
+        qids, texts = self.queries_of("train")
+        qrels = self.corpus.qrels["train"]
+        positives = [{self.corpus_row[p] for p, r in qrels[q].items() if r > 0} for q in qids]
+        mined = mine_hard_negatives(self.bm25(), texts, positives, int(n), int(skip))
+        return replace(self, hard_negatives=int(n), hard={q: [self.corpus_ids[r] for r in rows] for q, rows in zip(qids, mined)})
+
     # -- search ------------------------------------------------------------------------------
     def bm25(self):
         """BM25 over the corpus (methods/retrieval/bm25.py), built once."""
@@ -391,18 +406,8 @@ class Retrieval(Task):
             hard_negatives=int(self.negatives["hard"]), eval_split=self.eval["split"], eval_k=int(self.eval["k"]),
             val_retrieval=bool(self.eval["val_retrieval"]), eval_batch_size=int(self.eval["batch_size"]))
         if data.hard_negatives:
-            data.hard = self._mine(data)
+            data = data.with_hard_negatives(data.hard_negatives, int(self.negatives["skip"]))
         log.info("%s: %d passages, %d train pairs, queries train/dev/test %s, tokenizer %d tokens", self.source,
                  len(corpus.corpus_ids), len(data.train_pairs), "/".join(str(len(data.queries_of(s)[0]))
                                                                            for s in corpora.SPLITS), len(tok))
         return data
-
-    def _mine(self, data: RetrievalData) -> dict[str, list[str]]:
-        """BM25 hard negatives of every train query: its top-ranked passages that are not judged relevant."""
-        from methods.retrieval.bm25 import mine_hard_negatives
-
-        qids, texts = data.queries_of("train")
-        qrels = data.corpus.qrels["train"]
-        positives = [{data.corpus_row[p] for p, r in qrels[q].items() if r > 0} for q in qids]
-        mined = mine_hard_negatives(data.bm25(), texts, positives, data.hard_negatives, int(self.negatives["skip"]))
-        return {q: [data.corpus_ids[r] for r in rows] for q, rows in zip(qids, mined)}
