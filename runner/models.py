@@ -55,21 +55,48 @@ def build_model(m: DictConfig, vocab_size: int, device: str | torch.device | Non
         log.info("loading the saved model %s", src)
         model = torch.load(Path(str(src)).expanduser(), map_location="cpu", weights_only=False, mmap=meta)
         return model if meta or device is None else model.to(device)
-    with torch.device(device or "cpu"):
-        model = arch.build(vocab_size, int(m.seq_len))
-    if src and not meta:  # a meta model has the checkpoint's shapes already: they come from the same config
-        path = Path(str(src)).expanduser()
-        if path.is_dir():
-            found = latest_checkpoint(path)
-            if found is None:
-                raise ConfigError(f"model.init_from: no checkpoint in {path}/checkpoints")
-            path = found
+    path = Path(str(src)).expanduser() if src else None
+    if path is not None and path.is_dir():
+        found = latest_checkpoint(path)
+        if found is None:
+            raise ConfigError(f"model.init_from: no checkpoint in {path}/checkpoints")
+        path = found
+    origin = _hf_origin(path) if path is not None else None
+    if origin is not None and not meta:  # a run that started from HF weights has their shapes, not our config's
+        model = arch.from_pretrained(origin)
+        model = model if device is None else model.to(device)
+    else:
+        with torch.device(device or "cpu"):
+            model = arch.build(vocab_size, int(m.seq_len))
+    if path is not None and not meta:  # a meta model has the checkpoint's shapes already: they come from the same config
         log.info("initialising from %s", path)
-        missing, unexpected = model.load_state_dict(state_dict_from_checkpoint(path), strict=False)
+        sd = state_dict_from_checkpoint(path)
+        own = model.state_dict()
+        if not any(k in own for k in sd) and any(k.startswith("backbone.") for k in sd):
+            # a task's wrapper around the architecture's model (a classifier, a bi-encoder) holds it as `backbone`:
+            # its weights, without the wrapper's own (a classification head)
+            left = sorted(k for k in sd if not k.startswith("backbone."))
+            sd = {k.removeprefix("backbone."): v for k, v in sd.items() if k.startswith("backbone.")}
+            log.info("%s holds a task's wrapper: loading its backbone%s", path, f" (not {left[:3]})" if left else "")
+        missing, unexpected = model.load_state_dict(sd, strict=False)
         if missing or unexpected:
             raise ConfigError(f"model.init_from: {path} does not fit model={m.name} "
                               f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
     return model
+
+
+def _hf_origin(checkpoint: Path) -> str | None:
+    """The HF weights the run that wrote `checkpoint` started from (its config.yaml's model.init_from, when that is
+    an HF directory or hf://name), else None: its model is then built from its config's sizes."""
+    from omegaconf import OmegaConf
+
+    saved = checkpoint.parent.parent / "config.yaml"
+    if checkpoint.parent.name != "checkpoints" or not saved.is_file():
+        return None
+    src = OmegaConf.select(OmegaConf.load(saved), "model.init_from", default=None)
+    if not is_hf_source(src):
+        return None
+    return str(src).removeprefix("hf://") if str(src).startswith("hf://") else str(Path(str(src)).expanduser())
 
 
 def count_params(model) -> int:

@@ -150,6 +150,8 @@ DATASETS: dict[str, list[str]] = {
     "text-regression": ["dataset=synthetic-essays", "model=bert-tiny", "dataset.generator.n=200"],
     # queries, passages and qrels for a bi-encoder (tasks/retrieval.py): a 150-passage subset of stdlib-retrieval
     "retrieval": ["dataset=stdlib-retrieval", "model=bert-tiny", "dataset.max_passages=150", "dataset.eval.k=20"],
+    # dictionary entries and their definitions (tasks/dictionary.py): 64 stdlib entries (DefSent+)
+    "definitions": ["dataset=dictionary", "model=bert-tiny", "dataset.max_entries=64", "dataset.sts_pairs=50"],
 }
 
 

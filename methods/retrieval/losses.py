@@ -9,7 +9,8 @@ For query i with positive p_i, its hard negatives h_i1..h_iH and the bank's vect
     loss_i = −log  exp(s_ii) / (Σ_j exp(s_ij) + Σ_h exp(t_ih) + Σ_n exp(u_in))
 
 mean over queries (or Σ w_i loss_i / Σ w_i with per-query weights: PEG's re-weighting). The bank holds detached
-passage vectors of earlier steps (no gradient reaches them).
+passage vectors of earlier steps (no gradient reaches them) with their corpus rows: a bank copy of query i's own
+positive, and an in-batch passage that is also query i's positive, are masked out of its negatives.
 
 Under DDP, `gather` concatenates every rank's vectors (this rank's first, so that local query i's positive stays
 at row i) with torch.distributed.nn's all_gather, whose backward returns to each rank the gradient of every rank's
@@ -46,10 +47,11 @@ def gather(x: torch.Tensor) -> torch.Tensor:
 
 def contrastive_logits(q: torch.Tensor, p: torch.Tensor, hard: torch.Tensor | None = None,
                        bank: torch.Tensor | None = None, temperature: float = 0.05,
-                       p_rows: torch.Tensor | None = None) -> torch.Tensor:
+                       p_rows: torch.Tensor | None = None, bank_rows: torch.Tensor | None = None) -> torch.Tensor:
     """(B, B' + H + N) logits [q·pᵀ | q_i·hard_iᵀ | q·bankᵀ] / τ (see the module docstring). `p_rows` (B',): the
     passages' corpus rows; an in-batch passage that is the same passage as query i's positive is masked out of
-    query i's negatives (two queries of one passage in a batch are not each other's negatives)."""
+    query i's negatives (two queries of one passage in a batch are not each other's negatives), and so is a bank
+    vector of that passage (`bank_rows` (N,): an earlier step's copy of query i's own positive)."""
     if p.shape[0] < q.shape[0]:
         raise ValueError(f"info_nce: {q.shape[0]} queries but {p.shape[0]} passages; query i's positive is passage i")
     in_batch = q @ p.T
@@ -63,17 +65,20 @@ def contrastive_logits(q: torch.Tensor, p: torch.Tensor, hard: torch.Tensor | No
             raise ValueError(f"info_nce: hard negatives must be (B, H, D) for B = {q.shape[0]}, got {tuple(hard.shape)}")
         parts.append(torch.einsum("bd,bhd->bh", q, hard))
     if bank is not None and bank.numel():
-        parts.append(q @ bank.detach().T)
+        from_bank = q @ bank.detach().T
+        if p_rows is not None and bank_rows is not None:
+            from_bank = from_bank.masked_fill(p_rows[: q.shape[0], None] == bank_rows[None, :], float("-inf"))
+        parts.append(from_bank)
     return torch.cat(parts, 1).float() / float(temperature)
 
 
 def info_nce(q: torch.Tensor, p: torch.Tensor, hard: torch.Tensor | None = None, bank: torch.Tensor | None = None,
              temperature: float = 0.05, weights: torch.Tensor | None = None, reduction: str = "mean",
-             p_rows: torch.Tensor | None = None) -> torch.Tensor:
+             p_rows: torch.Tensor | None = None, bank_rows: torch.Tensor | None = None) -> torch.Tensor:
     """InfoNCE (module docstring): mean (weighted when `weights` (B,) are given), sum, or (B,) per-query losses."""
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction: {reduction!r}; choose one of: {', '.join(REDUCTIONS)}")
-    logits = contrastive_logits(q, p, hard, bank, temperature, p_rows)
+    logits = contrastive_logits(q, p, hard, bank, temperature, p_rows, bank_rows)
     losses = F.cross_entropy(logits, torch.arange(q.shape[0], device=q.device), reduction="none")
     if reduction == "none":
         return losses
@@ -93,18 +98,24 @@ class MemoryBank(nn.Module):
             raise ValueError(f"bank_size: {size}; a number of vectors >= 0")
         self.size = int(size)
         self.register_buffer("vectors", torch.zeros(self.size, int(dim)))
+        self.register_buffer("rows", torch.full((self.size,), -1, dtype=torch.long))  # corpus rows (-1: unknown)
         self.register_buffer("filled", torch.zeros((), dtype=torch.long))
 
     def negatives(self) -> torch.Tensor:
         """A copy (the loss keeps it for its backward while `push` overwrites the buffer)."""
         return self.vectors[:int(self.filled)].clone()
 
+    def negative_rows(self) -> torch.Tensor:
+        """The corpus rows of negatives() (-1 where unknown): a query's own positive is masked out of its bank."""
+        return self.rows[:int(self.filled)].clone()
+
     @torch.no_grad()
-    def push(self, x: torch.Tensor) -> None:
+    def push(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> None:
         if self.size == 0:
             return
         x = x.detach().to(self.vectors.dtype)[: self.size]  # the newest batch first, in its own order
-        kept = self.vectors[: self.size - x.shape[0]].clone()
-        self.vectors[: x.shape[0]] = x
-        self.vectors[x.shape[0]:] = kept
-        self.filled.fill_(min(self.size, int(self.filled) + x.shape[0]))
+        r = torch.full((x.shape[0],), -1, dtype=torch.long) if rows is None else rows.detach().long()[: self.size]
+        n = x.shape[0]
+        self.vectors.copy_(torch.cat([x, self.vectors[: self.size - n]]))
+        self.rows.copy_(torch.cat([r.to(self.rows.device), self.rows[: self.size - n]]))
+        self.filled.fill_(min(self.size, int(self.filled) + n))

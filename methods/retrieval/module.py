@@ -13,8 +13,9 @@ A batch is a dict (tasks/retrieval.py builds it):
 method's own encoder, e.g. VDR's), so that what the run trains, checkpoints and saves is the whole retriever.
 The loss (`contrastive_loss`, the baseline's `lm_loss`): each local query against the positives of the global
 batch (gathered across ranks: methods/retrieval/losses.py), its own hard negatives and the bank; a positive that
-is another query's positive too (the same corpus row) is not that query's negative. After each training loss
-the bank takes the batch's gathered positives (detached).
+is another query's positive too (the same corpus row) is not that query's negative, nor is a bank copy of a
+query's own positive. After each training loss the bank takes the batch's gathered positives (detached) and their
+corpus rows.
 """
 
 from __future__ import annotations
@@ -61,10 +62,11 @@ class DualEncoderModule(MethodModule):
         p_all = gather(v["p"])
         rows = gather(batch["p_rows"])
         bank = self.bank.negatives() if self.bank is not None else None
+        bank_rows = self.bank.negative_rows() if self.bank is not None else None
         loss = info_nce(v["q"], p_all, v["hard"], bank, temperature or self.temperature, weights, reduction,
-                        p_rows=rows)
+                        p_rows=rows, bank_rows=bank_rows)
         if self.training and self.bank is not None:
-            self.bank.push(p_all.detach())
+            self.bank.push(p_all.detach(), rows)
         return loss
 
     def lm_loss(self, batch: dict, reduction: str = "mean") -> torch.Tensor:

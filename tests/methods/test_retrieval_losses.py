@@ -53,6 +53,15 @@ def test_duplicate_positives_are_not_negatives():
     assert torch.isfinite(info_nce(q, p, p_rows=rows))
 
 
+def test_a_bank_copy_of_the_own_positive_is_not_a_negative():
+    q, p, _, bank = _vectors(5)
+    rows = torch.arange(6)
+    bank_rows = torch.tensor([3, 9, 9, 0, 7])  # bank vectors 0 and 3 are copies of queries 3's and 0's positives
+    logits = contrastive_logits(q, p, bank=bank, p_rows=rows, bank_rows=bank_rows, temperature=1.0)
+    assert logits[3, 6] == -math.inf and logits[0, 6 + 3] == -math.inf
+    assert torch.isfinite(logits[1, 6:]).all()
+
+
 def test_no_gradient_reaches_the_bank():
     q, p, _, bank = _vectors(4)
     bank.requires_grad_(True)
@@ -67,6 +76,9 @@ def test_memory_bank_fifo():
     bank.push(torch.tensor([[1.0, 1], [2, 2], [3, 3]]))
     bank.push(torch.tensor([[4.0, 4], [5, 5], [6, 6]]))
     assert bank.negatives()[:, 0].tolist() == [4, 5, 6, 1, 2]  # newest batch first, the oldest fell out
+    assert bank.negative_rows().tolist() == [-1] * 5
+    bank.push(torch.tensor([[7.0, 7]]), torch.tensor([42]))
+    assert bank.negative_rows().tolist() == [42, -1, -1, -1, -1] and bank.negatives()[0, 0] == 7
     assert int(bank.filled) == 5 and "vectors" in bank.state_dict()
     with pytest.raises(ValueError, match="bank_size"):
         MemoryBank(-1, 2)

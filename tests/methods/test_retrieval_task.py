@@ -136,3 +136,21 @@ def test_search_dense_and_sparse_rank_the_same_vectors(data):
     out = data.evaluate(dense)
     assert {"ndcg@10", "mrr@10", "recall@100", "bm25/ndcg@10"} <= set(out)
     assert out["bm25/ndcg@10"] > 0.9 > out["ndcg@10"]  # markers: BM25 solves it, an untrained encoder does not
+
+
+def test_a_retrieval_runs_checkpoint_initialises_the_plain_architecture(tmp_path):
+    """model.init_from=<a retrieval run's checkpoint>: the bi-encoder's backbone weights load into model=bert-tiny."""
+    from omegaconf import OmegaConf
+
+    from runner.models import build_model
+
+    m = OmegaConf.load(Path(__file__).resolve().parents[2] / "configs" / "model" / "bert-tiny.yaml")
+    torch.manual_seed(0)
+    trained = DualEncoder(build_model(m, 50))
+    ckpt = tmp_path / "x.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in trained.state_dict().items()}}, ckpt)
+    m.init_from = str(ckpt)
+    torch.manual_seed(1)
+    loaded = build_model(m, 50)
+    for k, v in trained.backbone.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
