@@ -5,7 +5,8 @@ run (bench/common.py run_one), mean ± half-range over seeds; printed as markdow
   infonce    the baseline bi-encoder fine-tuning (InfoNCE, in-batch negatives): TINY bert-tiny from scratch, and
              MiniLM fine-tuned (lr 2e-5, 100 steps of 16)
   peg        PEG's progressive re-weighting against uniform weights with the same negatives (5 BM25 hard
-             negatives, a 1024-passage memory bank): `method=peg method.schedule=uniform` is the InfoNCE arm
+             negatives; `method=peg method.schedule=uniform` is the InfoNCE arm), and uniform weights with a
+             1024-passage memory bank beside them
   dupmae     DupMAE pre-training (200 steps on the corpus) + the same fine-tuning, against RetroMAE (bow_weight=0),
              plain MLM (dec_weight=bow_weight=0) and no pre-training
   vdr        VDR's vocabulary-space sparse retriever (inverted index) against the dense InfoNCE arm
@@ -41,8 +42,10 @@ EXPERIMENTS = {
                   [*KEYS, *BM25], "0"),
     "infonce": ([("InfoNCE bert-tiny (TINY)", ["method=adamw", *TINY])], KEYS),
     "minilm": ([("InfoNCE MiniLM (fine-tuned)", ["method=adamw", *MINILM])], KEYS, "0"),
-    "peg": ([("PEG uniform weights (TINY)", ["method=peg", "method.schedule=uniform", "method.bank_size=1024", *TINY]),
-             ("PEG easy_to_hard (TINY)", ["method=peg", "method.bank_size=1024", *TINY])], KEYS, "0"),
+    "peg": ([("PEG uniform weights (TINY)", ["method=peg", "method.schedule=uniform", "method.bank_size=0", *TINY]),
+             ("PEG easy_to_hard (TINY)", ["method=peg", "method.bank_size=0", *TINY]),
+             ("PEG uniform bank 1024 (TINY)", ["method=peg", "method.schedule=uniform", "method.bank_size=1024", *TINY])],
+            KEYS, "0"),
     "dupmae": ([("DupMAE + fine-tune (TINY)", ["method=dupmae", "method.pretrain_steps=200", *TINY]),
                 ("RetroMAE + fine-tune (TINY)", ["method=dupmae", "method.pretrain_steps=200", "method.bow_weight=0", *TINY]),
                 ("MLM + fine-tune (TINY)", ["method=dupmae", "method.pretrain_steps=200", "method.dec_weight=0",
