@@ -75,13 +75,12 @@ import numpy as np
 
 from methods.classification import corpora
 from tasks.base import BuildContext, Task, TaskData
-from tasks.common import content_hash, wordpiece_tokenizer
+from tasks.common import check_encoder_tokenizer, content_hash, encoder_tokenizer
 from tasks.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 SOURCES = ("stdlib", "randomword", "wordnet")
-TOKENIZER_KINDS = ("auto", "train", "hf")
 POOLING = ("cls", "mean")  # methods.retrieval.encoder.POOLING (not imported here: it imports torch)
 WORDNET_DIR = "/usr/share/wordnet"  # Debian's wordnet-base
 WORDNET_POS = {"noun": "n", "verb": "v", "adj": "a", "adv": "r"}  # data.<file> -> part of speech
@@ -463,13 +462,10 @@ class Dictionary(Task):
             problems.append(f"dataset.min_definitions: {min_definitions}; randomword has one definition per word (1)")
         if pooling not in POOLING:
             problems.append(f"dataset.pooling: {pooling!r}; choose one of: {', '.join(POOLING)}")
-        self.tokenizer = {"kind": "auto", "name": None, "vocab_size": 4096, "min_frequency": 2, "lowercase": True,
-                          **(tokenizer or {})}
-        if self.tokenizer["kind"] not in TOKENIZER_KINDS:
-            problems.append(f"dataset.tokenizer.kind: {self.tokenizer['kind']!r}; "
-                            f"choose one of: {', '.join(TOKENIZER_KINDS)}")
-        elif self.tokenizer["kind"] == "hf" and not self.tokenizer["name"]:
-            problems.append("dataset.tokenizer.name: kind=hf needs a tokenizer name or directory")
+        try:
+            self.tokenizer = check_encoder_tokenizer(tokenizer)
+        except ValueError as e:
+            problems.append(str(e))
         if problems:
             raise ValueError("; ".join(problems))
         self.min_definitions = int(min_definitions)
@@ -522,36 +518,11 @@ class Dictionary(Task):
         os.replace(tmp, path)
         return entries
 
-    def _load_tokenizer(self, ctx: BuildContext, train_texts: list[str]):
-        """As tasks/text_cls.py: a pretrained model's own tokenizer (auto), a trained WordPiece, or a named one."""
-        t = dict(self.tokenizer)
-        kind = t["kind"]
-        if kind == "auto":
-            source = str(ctx.model_source or "")
-            src = Path(source).expanduser()
-            if source.startswith("hf://"):
-                kind, t["name"] = "hf", source.removeprefix("hf://")
-            elif source and src.is_dir() and ((src / "tokenizer.json").exists() or (src / "vocab.txt").exists()):
-                kind, t["name"] = "hf", str(src)
-            else:
-                kind = "train"
-        if kind == "hf":
-            from transformers import AutoTokenizer
-
-            name = str(t["name"])
-            local = Path(name).expanduser()
-            tok = AutoTokenizer.from_pretrained(str(local) if local.is_dir() else name)
-            if tok.pad_token_id is None:
-                raise ConfigError(f"dataset.tokenizer.name: {name} has no pad token")
-            return tok
-        return wordpiece_tokenizer(train_texts, int(t["vocab_size"]), ctx.cache_dir, int(t["min_frequency"]),
-                                   bool(t["lowercase"]))
-
     def build(self, ctx: BuildContext) -> DictionaryData:
         entries = self.entries(ctx.cache_dir)
         split = split_entries(entries, self.seed, self.word_dropout)
         a, b, grades = sts_pairs(entries, split, self.sts_pairs, self.seed)
-        tok = self._load_tokenizer(ctx, split.train_texts)
+        tok = encoder_tokenizer(self.tokenizer, ctx.model_source, split.train_texts, ctx.cache_dir)
         data = DictionaryData(self.source, entries.names, entries.groups, split.train_texts, split.train_labels,
                               split.eval_texts, split.eval_labels, split.eval_kinds, a, b, grades, tok, len(tok),
                               int(ctx.seq_len), pooling=self.pooling)
