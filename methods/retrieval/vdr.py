@@ -42,7 +42,10 @@ non-parametric index, queried with the same top-k queries).
 Defaults from conf/train/svdr_nq.yaml and conf/biencoder/vdr.yaml: AdamW lr 2e-5, eps 1e-8, betas (0.9,
 0.999), no weight decay, linear warmup then linear decay to 0 (model_utils.get_schedule_linear), max_grad_norm
 2.0, batch 32 per GPU, 1 hard negative, topk 768, max-pooling, no normalisation, query/passage max length
-128/256.
+128/256. They are for a pretrained BERT. A tiny random encoder (model=bert-tiny) needs method.lr=1e-3 and
+method.temperature=10: at τ = 1 its nearly constant v (every coordinate ≈ elu1p(0) = 1 at initialisation)
+makes logits in the thousands, and on stdlib-retrieval it collapsed onto the same few tokens for every text
+(test nDCG@10 0.01; τ = 10: 0.25).
 
 Deviations from the official code (also in configs/method/vdr.yaml):
 - One shared encoder (DualEncoder) for queries and passages; the official BiEncoder has two (shared_encoder:
@@ -336,8 +339,8 @@ class VDR(Method):
         """Reads the tokenizer's special ids and reserved prefix (for skip_ids: auto); the data is
         unchanged."""
         if int(getattr(data, "bank_size", 0) or 0) > 0:
-            raise ValueError(f"method=vdr: dataset.contrastive.bank_size={data.bank_size}; VDR's loss has no memory "
-                             "bank (set it to 0)")
+            raise ValueError(f"method=vdr: dataset.contrastive.bank_size={data.bank_size}; VDR's loss has no "
+                             "memory bank (set it to 0)")
         tok = data.tokenizer
         self._special = tuple(int(i) for i in (getattr(tok, "all_special_ids", ()) or ()))
         self._reserved = reserved_prefix(tok)
