@@ -242,21 +242,66 @@ def load_tokenizer(tcfg: DictConfig, train_docs: list[str], cache: Path, special
 WORDPIECE_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4 of a trained WordPiece
 
 
+_CONTINUATION_BASE = 0xF0000  # Unicode plane 15 (private use): where a word's non-initial characters stand in training
+
+
 def train_wordpiece(docs: list[str], vocab_size: int, min_frequency: int = 2, lowercase: bool = True):
     """BERT's tokenizer recipe trained on `docs`: BERT normalisation (lowercased when `lowercase`, accents
     stripped with it), BERT pre-tokenisation, WordPiece, every text encoded as [CLS] ... [SEP]; the special
-    tokens WORDPIECE_SPECIALS are ids 0..4 ([PAD] = 0). A transformers tokenizer."""
+    tokens WORDPIECE_SPECIALS are ids 0..4 ([PAD] = 0). A transformers tokenizer.
+
+    The vocabulary is the one `tokenizers`' WordPieceTrainer learns (BPE merges over the words, continuation
+    pieces prefixed ##), made deterministic: that trainer gives each "##c" an id in hash-map order, and merges
+    whose counts tie are taken in id order, so every fresh process learned a slightly different vocabulary.
+    Here a word's non-initial characters are renamed to private-use code points in sorted order and a plain
+    BpeTrainer (every id from a sorted alphabet, so ties break the same way every time) learns the merges; the
+    pieces are renamed back, those that start inside a word with ##. Same alphabet (every character in its
+    word-initial form, every non-initial one as ##c), same counts, same vocabulary size; ties between equal
+    counts break by code point."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase)
+    pre = pre_tokenizers.BertPreTokenizer()
+
+    def words(doc):
+        return [w for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(doc))]
+
+    chars: set[str] = set()
+    inner: set[str] = set()
+    for doc in docs:
+        for w in words(doc):
+            chars.update(w)
+            inner.update(w[1:])
+    inner_sorted = sorted(inner)
+    if len(inner_sorted) > 0xFFFE:
+        raise ValueError(f"train_wordpiece: {len(inner_sorted)} distinct characters; at most {0xFFFE} fit")
+    to_private = {c: chr(_CONTINUATION_BASE + i) for i, c in enumerate(inner_sorted)}
+    from_private = {v: k for k, v in to_private.items()}
+
+    def renamed(doc):  # words are whitespace-free after BERT pre-tokenisation, so a space rejoins them losslessly
+        return " ".join(w[0] + "".join(to_private[c] for c in w[1:]) for w in words(doc))
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(WORDPIECE_SPECIALS),
+                                  initial_alphabet=sorted(chars), show_progress=False)
+    bpe.train_from_iterator((renamed(d) for d in docs), trainer=trainer, length=len(docs))
+
+    def piece(token):
+        if token in WORDPIECE_SPECIALS:
+            return token
+        if token[0] in from_private:  # starts inside a word: every character of it is a renamed one
+            return "##" + "".join(from_private[c] for c in token)
+        return token[0] + "".join(from_private.get(c, c) for c in token[1:])
+
+    vocab = {piece(t): i for t, i in bpe.get_vocab().items()}
+    assert len(vocab) == bpe.get_vocab_size(), "two trained pieces renamed to one"
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre
     tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                        special_tokens=list(WORDPIECE_SPECIALS), show_progress=False)
-    tok.train_from_iterator(docs, trainer=trainer)
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    cls, sep = vocab["[CLS]"], vocab["[SEP]"]
     tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
                                                        special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
@@ -267,7 +312,7 @@ def wordpiece_tokenizer(docs: list[str], vocab_size: int, cache: Path, min_frequ
     """train_wordpiece on `docs`, cached under `cache` by their content and the settings."""
     from transformers import PreTrainedTokenizerFast
 
-    key = content_hash("wordpiece-v1", content_hash(*docs), vocab_size, min_frequency, lowercase)
+    key = content_hash("wordpiece-v2", content_hash(*docs), vocab_size, min_frequency, lowercase)
     path = Path(cache) / "tokenizers" / key
     if not (path / "tokenizer.json").exists():
         log.info("training a %d-token WordPiece tokenizer on %d texts (cached at %s)", vocab_size, len(docs), path)
