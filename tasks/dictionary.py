@@ -364,21 +364,10 @@ class DictionaryData(TaskData):
                      world: int = 1, val_batches: int | None = None, num_workers: int = 0):
         """Training batches are a pure function of the global micro-batch index (ResumableBatchSampler);
         validation is the evaluation queries in order (capped at `val_batches` batches per rank)."""
-        import torch
+        from tasks.batches import labelled_loaders
 
-        from tasks.batches import ResumableBatchSampler
-
-        train = _Examples(self.train_ids, self.train_labels)
-        n_val = len(self.eval_ids)
-        if val_batches is not None:
-            n_val = min(n_val, val_batches * batch_size * world)
-        val = _Examples(self.eval_ids, self.eval_labels, rows=list(range(n_val))[rank::world])
-        sampler = ResumableBatchSampler(len(train), batch_size, total_micro_batches, seed, start, rank, world)
-        collate = Collate(self.pad_id)
-        train_dl = torch.utils.data.DataLoader(train, batch_sampler=sampler, collate_fn=collate,
-                                               num_workers=num_workers, generator=torch.Generator().manual_seed(seed))
-        val_dl = torch.utils.data.DataLoader(val, batch_size=batch_size, shuffle=False, collate_fn=collate)
-        return train_dl, val_dl
+        return labelled_loaders((self.train_ids, self.train_labels), (self.eval_ids, self.eval_labels), self.pad_id,
+                                batch_size, total_micro_batches, seed, start, rank, world, val_batches, num_workers)
 
     def counts(self) -> dict[str, int]:
         kinds = self.eval_kinds.tolist()
@@ -397,41 +386,6 @@ class DictionaryData(TaskData):
         from methods.retrieval.defsent_plus import evaluate_dictionary
 
         return evaluate_dictionary(model, self)
-
-
-class _Examples:
-    """(token ids, entry, row) per definition; `rows` selects and orders them."""
-
-    def __init__(self, ids: list[list[int]], labels: np.ndarray, rows: list[int] | None = None):
-        self.ids, self.labels = ids, labels
-        self.rows = list(range(len(ids))) if rows is None else rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int):
-        r = self.rows[i]
-        return self.ids[r], int(self.labels[r]), r
-
-
-class Collate:
-    """A batch dict: input_ids and attention_mask (B, L) right-padded to the longest row, labels (B,), index (B,)."""
-
-    def __init__(self, pad_id: int):
-        self.pad_id = pad_id
-
-    def __call__(self, items) -> dict:
-        import torch
-
-        width = max(len(ids) for ids, *_ in items)
-        input_ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(items), width), dtype=torch.long)
-        for b, (ids, *_) in enumerate(items):
-            input_ids[b, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-            mask[b, :len(ids)] = 1
-        return {"input_ids": input_ids, "attention_mask": mask,
-                "labels": torch.tensor([x[1] for x in items], dtype=torch.long),
-                "index": torch.tensor([x[2] for x in items], dtype=torch.long)}
 
 
 # ---------------------------------------------------------------------------------------------- the task

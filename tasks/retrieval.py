@@ -291,15 +291,9 @@ class _Pad:
         self.pad_id = pad_id
 
     def __call__(self, rows: list[list[int]]):
-        import torch
+        from methods.batching import pad_right
 
-        width = max((len(r) for r in rows), default=1)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for b, r in enumerate(rows):
-            ids[b, :len(r)] = torch.tensor(r, dtype=torch.long)
-            mask[b, :len(r)] = 1
-        return ids, mask
+        return pad_right(rows, self.pad_id)
 
 
 class _Collate:

@@ -134,18 +134,11 @@ class TextClsData(TaskData):
         validation is the val split in order (capped at `val_batches` batches per rank)."""
         import torch
 
-        from tasks.batches import ResumableBatchSampler
+        from tasks.batches import labelled_loaders
 
-        labels_dtype = torch.float32 if self.task_type == "regression" else torch.long
-        train = _Examples(self.train_ids, self.train_labels, labels_dtype)
-        n_val = len(self.val_ids) if val_batches is None else min(len(self.val_ids), val_batches * batch_size * world)
-        val = _Examples(self.val_ids, self.val_labels, labels_dtype, rows=list(range(n_val))[rank::world])
-        sampler = ResumableBatchSampler(len(train), batch_size, total_micro_batches, seed, start, rank, world)
-        collate = _Collate(self.pad_id)
-        train_dl = torch.utils.data.DataLoader(train, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
-                                               generator=torch.Generator().manual_seed(seed))
-        val_dl = torch.utils.data.DataLoader(val, batch_size=batch_size, shuffle=False, collate_fn=collate)
-        return train_dl, val_dl
+        return labelled_loaders((self.train_ids, self.train_labels), (self.val_ids, self.val_labels), self.pad_id,
+                                batch_size, total_micro_batches, seed, start, rank, world, val_batches, num_workers,
+                                label_dtype=torch.float32 if self.task_type == "regression" else torch.long)
 
     def counts(self) -> dict[str, int]:
         out = {"train_examples": len(self.train_texts), "val_examples": len(self.val_texts)}
@@ -169,14 +162,15 @@ class TextClsData(TaskData):
 
         ids = self.val_ids if texts_ids is None else texts_ids
         device = next(model.parameters()).device
-        collate = _Collate(self.pad_id)
+        from methods.batching import pad_right
+
         was_training = model.training
         model.eval()
         out = []
         with torch.no_grad():
             for i in range(0, len(ids), batch_size):
-                b = collate([(row, 0, 0, torch.long) for row in ids[i:i + batch_size]])
-                logits = model(b["input_ids"].to(device), b["attention_mask"].to(device)).float()
+                x, mask = pad_right(ids[i:i + batch_size], self.pad_id)
+                logits = model(x.to(device), mask.to(device)).float()
                 out.append(logits.cpu() if self.task_type == "regression" else logits.softmax(-1).cpu())
         model.train(was_training)
         return torch.cat(out).numpy() if out else np.zeros((0,) if self.task_type == "regression" else (0, self.num_labels))
@@ -200,42 +194,6 @@ class TextClsData(TaskData):
         path = confusion_matrix_figure(self.val_labels, preds, self.label_names, Path(directory) / "confusion_matrix.png",
                                        title=f"{self.source}: validation confusion matrix")
         return {"confusion_matrix": path}
-
-
-class _Examples:
-    """(token ids, label, row, dtype) per example; `rows` selects and orders them."""
-
-    def __init__(self, ids: list[list[int]], labels: np.ndarray, dtype, rows: list[int] | None = None):
-        self.ids, self.labels, self.dtype = ids, labels, dtype
-        self.rows = list(range(len(ids))) if rows is None else rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int):
-        r = self.rows[i]
-        return self.ids[r], self.labels[r], r, self.dtype
-
-
-class _Collate:
-    """A batch dict: input_ids and attention_mask (B, L) right-padded to the longest row, labels (B,), index (B,)."""
-
-    def __init__(self, pad_id: int):
-        self.pad_id = pad_id
-
-    def __call__(self, items) -> dict:
-        import torch
-
-        width = max(len(ids) for ids, *_ in items)
-        input_ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(items), width), dtype=torch.long)
-        for b, (ids, *_) in enumerate(items):
-            input_ids[b, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-            mask[b, :len(ids)] = 1
-        dtype = items[0][3]
-        labels = torch.tensor(np.asarray([float(x[1]) if dtype == torch.float32 else int(x[1]) for x in items]), dtype=dtype)
-        return {"input_ids": input_ids, "attention_mask": mask, "labels": labels,
-                "index": torch.tensor([x[2] for x in items], dtype=torch.long)}
 
 
 # ---------------------------------------------------------------------------------------------- the task

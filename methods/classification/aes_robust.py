@@ -53,6 +53,7 @@ import torch
 from torch import nn
 
 from methods.base import Method
+from methods.batching import pad_right
 
 log = logging.getLogger(__name__)
 
@@ -97,13 +98,8 @@ def tokenize_words(tokenizer, words: Sequence[str], seq_len: int) -> tuple[list[
 
 
 def pad_batch(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded (B, L) input_ids and attention_mask."""
-    width = max(1, max(len(r) for r in rows))
-    ids = torch.full((len(rows), width), int(pad_id), dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)] = torch.as_tensor(list(r), dtype=torch.long)
-        mask[i, :len(r)] = 1
+    """Right-padded (B, L) input_ids and attention_mask (methods.batching.pad_right) on `device`."""
+    ids, mask = pad_right(rows, pad_id)
     return ids.to(device), mask.to(device)
 
 

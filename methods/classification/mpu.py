@@ -71,6 +71,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from methods.base import Method
+from methods.batching import pad_right
 
 SPLITTERS = ("punkt", "nltk")
 POSITIVE, UNLABELED, IGNORED = 1, -1, 0  # PU pseudo-labels (the code's convention)
@@ -199,12 +200,7 @@ def predict(model: nn.Module, ids: list[list[int]], pad_id: int, batch_size: int
     out = []
     for start in range(0, len(ids), batch_size):
         rows = ids[start:start + batch_size]
-        width = max(len(r) for r in rows)
-        x = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros_like(x)
-        for i, r in enumerate(rows):
-            x[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-            mask[i, :len(r)] = 1
+        x, mask = pad_right(rows, pad_id)
         out.append(model(x.to(device), mask.to(device)).argmax(-1).cpu())
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
 

@@ -65,6 +65,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from methods.base import Method
+from methods.batching import pad_right
 from methods.module import MethodModule
 from methods.retrieval.encoder import DualEncoder
 
@@ -102,12 +103,7 @@ def encode_texts(model: nn.Module, ids: list[list[int]], pad_id: int, batch_size
     with torch.no_grad():
         for s in range(0, len(order), batch_size):
             rows = order[s:s + batch_size]
-            width = max(len(ids[r]) for r in rows)
-            x = torch.full((len(rows), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for b, r in enumerate(rows):
-                x[b, :len(ids[r])] = torch.tensor(ids[r], dtype=torch.long)
-                mask[b, :len(ids[r])] = 1
+            x, mask = pad_right([ids[r] for r in rows], pad_id)
             out[torch.tensor(rows, device=device)] = model.encode(x.to(device), mask.to(device)).float()
     model.train(was_training)
     return out

@@ -96,6 +96,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from methods.base import Method
+from methods.batching import pad_right
 from methods.module import MethodModule
 from methods.retrieval.encoder import DualEncoder, base_encoder
 
@@ -470,12 +471,7 @@ class _Pad:
         self.pad_id = int(pad_id)
 
     def __call__(self, rows: list[list[int]]) -> dict[str, torch.Tensor]:
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        att = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-            att[i, :len(r)] = 1
+        ids, att = pad_right(rows, self.pad_id)
         return {"input_ids": ids, "attention_mask": att}
 
 

@@ -96,6 +96,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from methods.base import Method
+from methods.batching import pad_right
 from methods.retrieval.encoder import SIDES, DualEncoder
 from methods.retrieval.losses import gather
 
@@ -451,13 +452,7 @@ class VDR(Method):
         model.eval()
         for start in range(0, len(ids), batch_size):
             rows = ids[start:start + batch_size]
-            width = max(len(r) for r in rows)
-            x = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(x)
-            for i, r in enumerate(rows):
-                x[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-                mask[i, :len(r)] = 1
-            x, mask = x.to(device), mask.to(device)
+            x, mask = (t.to(device) for t in pad_right(rows, pad))
             vs.append(model.vocab(x, mask).float().cpu())
             bows.append(model.bow(x, mask).cpu())
         model.train(was_training)

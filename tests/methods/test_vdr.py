@@ -153,22 +153,17 @@ def ce(logits: torch.Tensor, target: int) -> float:
 def hand_sym(a_q, b_p, b_all, tau, symmetric, mask_qp=None, mask_pq=None):
     """½[mean_i CE(a(q_i)·b(all passages)ᵀ/τ, i) + mean_j CE(b(p_j)·a(all queries)ᵀ/τ, j)], loops over
     rows."""
-    bq = len(a_q)
-    qp = []
-    for i in range(bq):
-        logits = (b_all @ a_q[i]) / tau
-        if mask_qp is not None:
-            logits = logits.masked_fill(mask_qp[i], float("-inf"))
-        qp.append(ce(logits, i))
-    if not symmetric:
-        return np.mean(qp)
-    pq = []
-    for j in range(bq):
-        logits = (a_q @ b_p[j]) / tau
-        if mask_pq is not None:
-            logits = logits.masked_fill(mask_pq[j], float("-inf"))
-        pq.append(ce(logits, j))
-    return (np.mean(qp) + np.mean(pq)) / 2
+    def direction(anchors, targets, mask):  # mean_i CE(targets . anchors[i] / tau, i), masked entries -inf
+        out = []
+        for i in range(len(anchors)):
+            logits = (targets @ anchors[i]) / tau
+            if mask is not None:
+                logits = logits.masked_fill(mask[i], float("-inf"))
+            out.append(ce(logits, i))
+        return np.mean(out)
+
+    qp = direction(a_q, b_all, mask_qp)
+    return qp if not symmetric else (qp + direction(b_p, a_q, mask_pq)) / 2
 
 
 @pytest.mark.parametrize("symmetric", [True, False])
