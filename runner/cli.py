@@ -214,16 +214,21 @@ def discard_unstarted_run(cfg) -> None:
     """A run refused by validation in its job (not in preflight: a config that changed in between, a machine
     check): the directory Hydra made for it holds nothing but Hydra's own files, and goes, with its
     runs/<run_name>/ if that is left empty. A directory with a meta.json (a run that started, or the one
-    `resume=` names) stays: runner.train.run marks it failed itself."""
+    `resume=` names) stays: runner.train.run marks it failed itself; a refused resume's .hydra/resume-<time>/ goes."""
     import shutil
 
     from hydra.core.hydra_config import HydraConfig
 
     from runner.config import META_FILE
 
-    if not HydraConfig.initialized() or cfg.get("resume") not in (None, ""):
+    if not HydraConfig.initialized():
         return
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if cfg.get("resume") not in (None, ""):  # the refused resume's own record goes; the run's stays
+        sub = str(HydraConfig.get().get("output_subdir") or "")
+        if sub.startswith(".hydra/resume-"):
+            shutil.rmtree(run_dir / sub, ignore_errors=True)
+        return
     if not run_dir.is_dir() or (run_dir / META_FILE).exists():
         return
     if all(p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()):

