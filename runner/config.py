@@ -100,6 +100,9 @@ class TrainerSchema:
     # update (weights and optimizer state untouched; counted in train/skipped_batches) and stops after 20
     # non-finite steps in a row.
     on_nonfinite: str = "stop"
+    # hf: the final model (a task wrapper's `backbone`) also goes to <run dir>/hf/ with save_pretrained
+    # (config.json, model.safetensors) and the tokenizer, loadable by transformers' Auto classes; none: not.
+    export: str = "hf"
 
 
 @dataclass
@@ -138,6 +141,7 @@ CHOICES = {
     "logger.kind": ["wandb", "csv", "none"],
     "trainer.enable_progress_bar": ["auto", True, False],
     "trainer.on_nonfinite": ["stop", "skip_batch"],
+    "trainer.export": ["hf", "none"],
 }
 POSITIVE = {"hardware.devices", "hardware.num_nodes", "trainer.val_every_n_steps", "trainer.log_every_n_steps",
             "trainer.accumulate_grad_batches", "trainer.checkpoint_every_n_steps", "dataset.batch_size",

@@ -5,6 +5,8 @@ of ours, a run directory, a local HF directory, hf://name, or a model.pt saved b
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -101,3 +103,27 @@ def _hf_origin(checkpoint: Path) -> str | None:
 
 def count_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def export_hf(model: nn.Module, directory: Path, tokenizer_dir: Path | None = None) -> Path | None:
+    """`model` in Hugging Face format at `directory`: save_pretrained (config.json, model.safetensors) of the model,
+    or of a task wrapper's `backbone` (a classifier, a bi-encoder: the architecture's model without the task's
+    head), with the tokenizer files of `tokenizer_dir`. Written beside and renamed into place, so a crash leaves
+    the previous export or none. None where the model has no HF form (an nn.Module of your own)."""
+    target = model if callable(getattr(model, "save_pretrained", None)) else getattr(model, "backbone", None)
+    if not callable(getattr(target, "save_pretrained", None)):
+        return None
+    directory = Path(directory)
+    tmp = directory.with_name(f"{directory.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    target.save_pretrained(str(tmp), safe_serialization=True)
+    if tokenizer_dir is not None and Path(tokenizer_dir).is_dir():
+        for f in Path(tokenizer_dir).iterdir():
+            if f.is_file() and not (tmp / f.name).exists():
+                shutil.copy2(f, tmp / f.name)
+    old = directory.with_name(f"{directory.name}.old{os.getpid()}")
+    if directory.exists():
+        directory.rename(old)
+    tmp.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
+    return directory

@@ -228,7 +228,7 @@ def _run(cfg: DictConfig, run_dir: Path, identity: str, sweep_group: str | None,
         StepProgressBar,
         Throughput,
     )
-    from runner.models import build_model, count_params, model_vocab_size
+    from runner.models import build_model, count_params, export_hf, model_vocab_size
     from tasks.base import BuildContext
 
     for name in ("lightning.pytorch", "lightning.fabric"):  # its banner and tips (set on import, so after it)
@@ -356,6 +356,11 @@ def _run(cfg: DictConfig, run_dir: Path, identity: str, sweep_group: str | None,
             loggers.log_figures(logger, figures, step=trainer.global_step)
     if "compress" in order and trainer.is_global_zero:
         results.update(stages.save_compressed(module.model, data, run_dir))
+    elif str(tr.get("export", "hf")) == "hf" and trainer.is_global_zero:
+        if str(hw.strategy) == "fsdp":  # rank 0 holds a shard: the checkpoint is the model (model.init_from=<run dir>)
+            log.info("trainer.export=hf: skipped under FSDP (model.init_from=%s loads the checkpoint)", run_dir)
+        elif (hf := export_hf(module.model, run_dir / "hf", run_dir / "tokenizer")) is not None:
+            results["hf_export"] = str(hf)
 
     # -- summary --------------------------------------------------------------------------------
     summary = {

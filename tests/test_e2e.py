@@ -154,6 +154,33 @@ def test_init_from_checkpoint_reproduces_val_loss(baseline, tmp_path):
     assert s["val/loss"] == pytest.approx(_summary(run_dir)["val/loss"], abs=1e-5)
 
 
+def test_hf_export_loads_with_plain_transformers_and_round_trips(baseline, tmp_path):
+    """<run dir>/hf/: config.json and safetensors (no pickle) with the tokenizer; transformers' Auto classes load it
+    and give the logits of the runner's model from the last checkpoint; model.init_from=<it> gives the run's val
+    loss."""
+    import torch
+    from omegaconf import OmegaConf
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from runner.models import build_model
+
+    run_dir, _ = baseline
+    s = _summary(run_dir)
+    hf = run_dir / "hf"
+    assert s["hf_export"] == str(hf)
+    assert (hf / "config.json").exists() and (hf / "model.safetensors").exists() and not list(hf.glob("*.bin"))
+    plain = AutoModelForCausalLM.from_pretrained(str(hf)).eval()
+    tok = AutoTokenizer.from_pretrained(str(hf))
+    m = OmegaConf.create({**s["config"]["model"], "init_from": str(run_dir)})
+    ours = build_model(m, s["vocab_size"]).eval()
+    ids = torch.tensor([tok("def f(x):\n    return the sum of x and the next token")["input_ids"]])
+    with torch.no_grad():
+        a, b = plain(ids).logits, ours(ids).logits
+    assert a.shape == b.shape and (a - b).abs().max().item() <= 1e-6
+    again = _run_in_process([*BASE, f"model.init_from={hf}", "trainer.max_steps=0", "logger=none"], tmp_path)
+    assert again["val/loss"] == pytest.approx(s["val/loss"], abs=1e-5)
+
+
 def test_local_jsonl_dataset(tmp_path):
     import random
 

@@ -184,6 +184,11 @@ def test_a_bag_task_is_learned_through_the_runner(tmp_path):
     assert s["val/accuracy"] == pytest.approx(s["eval/accuracy"], abs=0.1)  # val: 4 batches of the same split
     assert Path(s["figures"]["confusion_matrix"]).exists()
     assert math.isfinite(s["val/loss"]) and "val/ppl" not in s
+    # the classifier's encoder leaves in HF format (the head is the task's): AutoModel loads it with its tokenizer
+    from transformers import AutoModel, AutoTokenizer
+
+    enc, tok = AutoModel.from_pretrained(s["hf_export"]), AutoTokenizer.from_pretrained(s["hf_export"])
+    assert enc.config.model_type == "bert" and tok.cls_token == "[CLS]" and len(tok) <= enc.config.vocab_size
 
 
 @pytest.mark.e2e
