@@ -159,3 +159,19 @@ def test_experiment_overrides_the_primary_config():
     # an experiment preset (@package _global_) wins over config.yaml's own values: _self_ comes before it
     assert compose_cfg(["experiment=smoke"]).run_name == "smoke"
     assert compose_cfg([]).run_name == "llama-tiny-adamw"
+
+
+@pytest.mark.e2e
+def test_the_methodbench_command_is_the_runner_and_completes_config_options():
+    """pyproject's console script: Hydra's shell completion (which `python -m runner` cannot have) lists the
+    options of a group."""
+    import os
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).parent / "methodbench"
+    assert exe.exists(), "pip install -e . installs the methodbench command"
+    out = subprocess.run([str(exe), "-sc", "query=bash"], env={**os.environ, "COMP_LINE": "methodbench method=fr"},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "method=frugal" in out.stdout.split()
