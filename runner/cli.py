@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
 import traceback
 from collections.abc import Sequence
@@ -138,6 +139,10 @@ def preflight(overrides: list[str], config_dir: str | None = None, runs_here: bo
                 if d is not None and not os.path.isdir(os.path.expanduser(d)):
                     problems.append(f"hydra.searchpath: no such directory: {d}")
             break
+    for o in parsed:  # submitit submits through sbatch and runs through srun: off a cluster it fails with a traceback
+        if o.key_or_group == "hydra/launcher" and str(o.value()) in ("slurm", "submitit_slurm") and not shutil.which("srun"):
+            problems.append(f"hydra/launcher={o.value()}: no SLURM on this machine (no `srun` on PATH); submit from the "
+                            "cluster's login node, or drop it to run the jobs here (hydra/launcher=basic)")
     if problems:
         raise ConfigError(problems)
     with search_path([config_dir] if config_dir is not None else [], searchpath):

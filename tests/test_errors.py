@@ -505,3 +505,15 @@ def test_a_run_refused_in_its_job_leaves_no_directory(tmp_path, monkeypatch):
         {"runtime": {"output_dir": str(resumed)}, "output_subdir": ".hydra/resume-2000-01-02_00-00-00-000000"})))
     discard_unstarted_run(OmegaConf.create({"resume": str(resumed)}))  # the refused resume's record goes, the run's stays
     assert [p.name for p in (resumed / ".hydra").iterdir()] == ["overrides.yaml"]
+
+
+@pytest.mark.skipif(__import__("shutil").which("srun") is not None, reason="this machine is a SLURM node")
+def test_the_slurm_launcher_off_a_cluster_is_one_line(tmp_path):
+    from tests.conftest import cli_in_process
+
+    r = cli_in_process(["-m", "hydra/launcher=slurm", "trainer.max_steps=1"], tmp_path)
+    assert r.returncode == EXIT_CONFIG and "Traceback" not in r.stderr
+    assert [ln for ln in r.stderr.splitlines() if ln.startswith("error:")] == [
+        "error: hydra/launcher=slurm: no SLURM on this machine (no `srun` on PATH); submit from the cluster's login "
+        "node, or drop it to run the jobs here (hydra/launcher=basic)"]
+    assert not any(tmp_path.iterdir())
