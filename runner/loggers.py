@@ -27,8 +27,29 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def make_logger(lcfg, run_dir: Path, run_name: str, run_id: str, group: str | None, config: dict):
-    """A Lightning logger for `logger.kind`, or False."""
+def wandb_names(run_name: str, sweep: dict | None) -> tuple[str, str | None]:
+    """(W&B run name, group): the run name alone; in a sweep `<run name>/<job label>` (distinct per job) in the
+    group `<sweep name or run name>-<sweep start time>` (runner.train._hydra_info's sweep)."""
+    if not sweep:
+        return run_name, None
+    return f"{run_name}/{sweep['job']}", f"{sweep.get('sweep') or run_name}-{sweep['time']}"
+
+
+def method_tags(target: str, name: str) -> list[str]:
+    """W&B tags of a run's method: its family (the folder or module under methods/: optimizers, retrieval, ...;
+    `baseline` for methods.base.Method; a class of your own: its top package) and its name."""
+    parts = target.split(".")
+    if target == "methods.base.Method":
+        family = "baseline"
+    else:
+        family = parts[1] if parts[0] == "methods" and len(parts) >= 3 else parts[0]
+    return [f"family:{family}", f"method:{name}"]
+
+
+def make_logger(lcfg, run_dir: Path, run_name: str, run_id: str, group: str | None, config: dict,
+                job_type: str | None = None, tags: list[str] = ()):
+    """A Lightning logger for `logger.kind`, or False. W&B: `tags` follow logger.tags; `job_type` is the run's
+    kind of work (train, compress, evaluate)."""
     if lcfg.kind == "none":
         return False
     if lcfg.kind == "csv":
@@ -39,7 +60,8 @@ def make_logger(lcfg, run_dir: Path, run_name: str, run_id: str, group: str | No
     from lightning.pytorch.loggers import WandbLogger
 
     kwargs = dict(project=lcfg.project, entity=lcfg.entity, name=run_name, id=run_id, group=lcfg.group or group,
-                  tags=list(lcfg.tags), dir=str(run_dir), config=flatten(config), resume="allow", reinit="create_new")
+                  job_type=job_type, tags=[*lcfg.tags, *(t for t in tags if t not in lcfg.tags)], dir=str(run_dir),
+                  config=flatten(config), resume="allow", reinit="create_new")
     mode = lcfg.mode
     try:
         run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=float(lcfg.get("init_timeout", 30.0)), console="off",
@@ -82,7 +104,8 @@ def finish(logger, summary: dict, failed: bool = False) -> None:
 
 
 def read_offline_run(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """Read a run's offline W&B files back: {'id', 'config', 'history': [rows], 'summary'}.
+    """Read a run's offline W&B files back: {'id', 'group', 'name', 'job_type', 'tags', 'config', 'history':
+    [rows], 'summary', 'segments'}.
 
     Several offline segments of one run (a resumed run) are merged in order. Useful for tests and for
     looking at runs without syncing them.
@@ -92,7 +115,8 @@ def read_offline_run(run_dir: str | os.PathLike) -> dict[str, Any]:
     from wandb.proto import wandb_internal_pb2
 
     files = sorted(Path(run_dir).glob("wandb/offline-run-*/run-*.wandb"))
-    out: dict[str, Any] = {"id": None, "group": None, "config": {}, "history": [], "summary": {}, "segments": len(files)}
+    out: dict[str, Any] = {"id": None, "group": None, "name": None, "job_type": None, "tags": [], "config": {},
+                           "history": [], "summary": {}, "segments": len(files)}
     for f in files:
         for data in _wandb_records(f):
             rec = wandb_internal_pb2.Record()
@@ -101,6 +125,8 @@ def read_offline_run(run_dir: str | os.PathLike) -> dict[str, Any]:
             if kind == "run":
                 out["id"] = rec.run.run_id
                 out["group"] = rec.run.run_group or None
+                out["name"], out["job_type"] = rec.run.display_name or None, rec.run.job_type or None
+                out["tags"] = list(rec.run.tags)
                 for item in rec.run.config.update:
                     out["config"][item.key] = json.loads(item.value_json)
             elif kind == "config":

@@ -33,15 +33,24 @@ _QUIET = (r".*weights_only.*", r".*LeafSpec.*", r".*does not have many workers.*
           r".*dataloader is not resumable.*")  # it is: batches are a function of the micro-batch index (tasks/common.py)
 
 
-def _hydra_info() -> tuple[Path, str, str | None]:
-    """(run dir, identity, sweep group) from Hydra's runtime config."""
+def _hydra_info() -> tuple[Path, str, dict[str, str] | None]:
+    """(run dir, identity, the sweep) from Hydra's runtime config. The sweep (None outside one): the `sweep`'s
+    name (`+sweep=<name>`; None: a sweep from the command line), its start `time`, and this `job`'s label: the
+    swept keys' values (a sweep file's hydra.sweeper.params), else the job's overrides, after its number
+    (runner.loggers.wandb_names makes the W&B names of them)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir).resolve()
-    group = Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None
-    return run_dir, hc.job.override_dirname, group
+    if hc.mode != RunMode.MULTIRUN:
+        return run_dir, hc.job.override_dirname, None
+    swept = set((OmegaConf.select(hc, "sweeper.params", default=None) or {}).keys())
+    task = [str(o) for o in hc.overrides.task]
+    values = [o for o in task if o.split("=", 1)[0].lstrip("+~") in swept] or [hc.job.override_dirname]
+    label = f"{hc.job.num}:{','.join(v for v in values if v)}"[:128]
+    stamp = Path(hc.sweep.dir).name.removeprefix("multirun_")
+    return run_dir, hc.job.override_dirname, {"sweep": hc.runtime.choices.get("sweep"), "time": stamp, "job": label}
 
 
 def load_meta(run_dir: Path) -> dict:
@@ -149,9 +158,9 @@ def run(cfg: DictConfig, run_dir: Path | None = None, identity: str | None = Non
         warnings.filterwarnings("ignore", message=pattern)
     validate(cfg)
     if run_dir is None:
-        run_dir, identity, sweep_group = _hydra_info()
+        run_dir, identity, sweep = _hydra_info()
     else:
-        run_dir, identity, sweep_group = Path(run_dir).resolve(), identity or "", None
+        run_dir, identity, sweep = Path(run_dir).resolve(), identity or "", None
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.dry_run:
         from runner.dryrun import plan
@@ -164,7 +173,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None, identity: str | None = Non
         ckpt = _resume_point(cfg, run_dir, identity)  # a resume that cannot be is an error before anything is written
         state: dict[str, Any] = {"logger": None}
         try:
-            return _run(cfg, run_dir, identity, sweep_group, role, state, ckpt)
+            return _run(cfg, run_dir, identity, sweep, role, state, ckpt)
         except BaseException as e:  # the run is recorded as failed (or interrupted); finished work stays on disk
             status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
             own = isinstance(e, (TrainingStopped, RunInterrupted))  # messages of the runner's own: no class name
@@ -213,7 +222,7 @@ def _resume_point(cfg: DictConfig, run_dir: Path, identity: str) -> Path | None:
     return ckpt
 
 
-def _run(cfg: DictConfig, run_dir: Path, identity: str, sweep_group: str | None, role: str | None,
+def _run(cfg: DictConfig, run_dir: Path, identity: str, sweep: dict | None, role: str | None,
          state: dict, ckpt: Path | None) -> dict:
     import lightning.pytorch as pl
     import torch
@@ -288,7 +297,10 @@ def _run(cfg: DictConfig, run_dir: Path, identity: str, sweep_group: str | None,
     module.on_nonfinite = str(tr.get("on_nonfinite", "stop"))
     max_steps = int(method.train_steps(int(tr.max_steps))) if "train" in order else 0
     micro_total = max(1, max_steps) * tr.accumulate_grad_batches
-    logger = state["logger"] = loggers.make_logger(cfg.logger, run_dir, cfg.run_name, run_id, sweep_group, resolved)
+    name, group = loggers.wandb_names(str(cfg.run_name), sweep)
+    job_type = "train" if "train" in order and max_steps > 0 else "compress" if "compress" in order else "evaluate"
+    logger = state["logger"] = loggers.make_logger(cfg.logger, run_dir, name, run_id, group, resolved, job_type=job_type,
+                                                   tags=loggers.method_tags(str(cfg.method._target_), method.name))
     throughput = Throughput(tr.log_every_n_steps, skip=min(10, micro_total // 10))
     progress = _progress_callbacks(cfg)
     ckpt_cb = RunCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step:06d}", auto_insert_metric_name=False,

@@ -175,3 +175,16 @@ def test_the_methodbench_command_is_the_runner_and_completes_config_options():
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "method=frugal" in out.stdout.split()
+
+
+def test_wandb_names_and_tags():
+    from runner.loggers import method_tags, wandb_names
+
+    assert wandb_names("llama-tiny-adamw", None) == ("llama-tiny-adamw", None)
+    sweep = {"sweep": "frugal_rho", "time": "2026-12-02_14-00-00", "job": "2:method.rho=0.25"}
+    assert wandb_names("r", sweep) == ("r/2:method.rho=0.25", "frugal_rho-2026-12-02_14-00-00")
+    assert wandb_names("r", {**sweep, "sweep": None})[1] == "r-2026-12-02_14-00-00"  # a command-line sweep
+    assert method_tags("methods.optimizers.frugal.Frugal", "frugal") == ["family:optimizers", "method:frugal"]
+    assert method_tags("methods.base.Method", "adamw") == ["family:baseline", "method:adamw"]
+    assert method_tags("my_pkg.methods.Mine", "mine") == ["family:my_pkg", "method:mine"]
+    assert method_tags("methods.seq2seq.Seq2Seq", "eisl")[0] == "family:seq2seq"

@@ -64,6 +64,8 @@ def test_wandb_offline_run_reads_back(baseline):
     s = _summary(run_dir)
     r = read_offline_run(run_dir)
     assert r["id"] == s["wandb_id"]
+    assert (r["name"], r["group"], r["job_type"]) == (s["config"]["run_name"], None, "train")
+    assert r["tags"] == ["family:baseline", "method:adamw"]
     # flattened, readable config keys
     assert r["config"]["model.hidden_size"] == 64
     assert r["config"]["method.lr"] == s["config"]["method"]["lr"]
@@ -207,7 +209,15 @@ def test_sweep_runs_each_job_as_its_own_wandb_run_in_one_group(tmp_path):
     reads = [read_offline_run(j) for j in jobs]
     assert len({r["id"] for r in reads}) == 3
     groups = {r["group"] for r in reads}
-    assert len(groups) == 1 and groups.pop().startswith("multirun_")
+    (group,) = groups
+    # the group names the sweep and its start (the sweep directory's time); each job's name says what it swept
+    assert group == "lr-" + jobs[0].parent.name.removeprefix("multirun_"), group
+    run_name = _summary(jobs[0])["config"]["run_name"]
+    by_lr = {_summary(j)["config"]["method"]["lr"]: r for j, r in zip(jobs, reads)}
+    assert {lr: r["name"] for lr, r in by_lr.items()} == {
+        lr: f"{run_name}/{i}:method.lr={lr}" for i, lr in enumerate([1e-3, 3e-3, 1e-2])}
+    assert {r["job_type"] for r in reads} == {"train"}
+    assert all(r["tags"] == ["family:baseline", "method:adamw"] for r in reads)
 
 
 def test_dry_run_plans_a_1b_model_without_allocating(tmp_path, capsys):
