@@ -110,7 +110,8 @@ class MethodModule(pl.LightningModule):
         loss = self.step_loss(batch)
         self.tokens_seen += self.batch_tokens(batch) * self.trainer.world_size
         self._last_loss = loss.detach()  # a tensor: no device sync per step
-        self.log("train/loss", self._last_loss, prog_bar=True, on_step=True, on_epoch=False)
+        # the mean over ranks (one scalar all-reduce a step under DDP; nothing on one process)
+        self.log("train/loss", self._last_loss, prog_bar=True, on_step=True, on_epoch=False, sync_dist=True)
         if self._logging_step():
             self.log("train/tokens_seen", float(self.tokens_seen), on_step=True, on_epoch=False)
             if self.skipped_batches:

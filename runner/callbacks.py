@@ -217,7 +217,8 @@ class StepProgressBar(RichProgressBar):
 
 
 class LineProgress(pl.Callback):
-    """Progress as plain lines (CI logs, files): `step 40/200 | train/loss 4.812 | ...`."""
+    """Progress as plain lines (CI logs, files): `step 40/200 | train/loss 4.812 | ...`, from rank 0 only (its
+    train/loss is the mean over ranks)."""
 
     def __init__(self, every: int, stream=None):
         self.every = every
@@ -234,13 +235,13 @@ class LineProgress(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
-        if step % self.every == 0 or step == trainer.max_steps:
+        if trainer.is_global_zero and (step % self.every == 0 or step == trainer.max_steps):
             el = time.perf_counter() - self._t0
             print(f"step {step}/{trainer.max_steps} | {self._fmt(trainer.callback_metrics)} | {el:.0f}s",
                   file=self.stream, flush=True)
 
     def on_validation_end(self, trainer, pl_module):
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or not trainer.is_global_zero:
             return
         m = trainer.callback_metrics
         if "val/loss" in m:

@@ -30,7 +30,8 @@ log = logging.getLogger("methodbench")
 
 _QUIET = (r".*weights_only.*", r".*LeafSpec.*", r".*does not have many workers.*", r".*srun.*",
           r".*predict_dataloader.*", r".*_pytree.*",
-          r".*dataloader is not resumable.*")  # it is: batches are a function of the micro-batch index (tasks/common.py)
+          r".*dataloader is not resumable.*",
+          r".*sync_dist=True.*when logging on epoch level.*")  # val/* are reduced over ranks by the modules themselves  # it is: batches are a function of the micro-batch index (tasks/common.py)
 
 
 def _hydra_info() -> tuple[Path, str, dict[str, str] | None]:
@@ -151,6 +152,14 @@ def _vocab_of(path: str) -> int | None:
     return None
 
 
+def is_launched_rank() -> bool:
+    """Whether this process is a non-zero rank that a launcher started for the run the first process owns
+    (Lightning's DDP subprocesses: LOCAL_RANK; srun's tasks: SLURM_PROCID; torchrun: RANK). It leaves the run
+    directory to that process: no lock, no meta.json, no logger of its own."""
+    keys = ("LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "RANK", "SLURM_PROCID")
+    return any(os.environ.get(k, "0").strip() not in ("", "0") for k in keys)
+
+
 def run(cfg: DictConfig, run_dir: Path | None = None, identity: str | None = None, role: str | None = None) -> dict:
     """Run `cfg`. Under Hydra the run directory and identity come from Hydra; a nested run (one of the runner's
     trained models, `role`) passes them."""
@@ -166,11 +175,12 @@ def run(cfg: DictConfig, run_dir: Path | None = None, identity: str | None = Non
         from runner.dryrun import plan
 
         return plan(cfg, run_dir)
-    if not checkpoints.try_lock(run_dir):  # held for the run's life; nothing in run_dir is touched without it
+    primary = not is_launched_rank()
+    if primary and not checkpoints.try_lock(run_dir):  # held for the run's life; nothing in run_dir is touched without it
         raise ConfigError(f"{'resume' if cfg.resume else 'run directory'}: {run_dir} is in use by another process "
                           f"({checkpoints.lock_holder(run_dir)}); wait for it to end, or start a new run without resume=")
     try:
-        ckpt = _resume_point(cfg, run_dir, identity)  # a resume that cannot be is an error before anything is written
+        ckpt = _resume_point(cfg, run_dir, identity, primary)  # a resume that cannot be: an error before anything is written
         state: dict[str, Any] = {"logger": None}
         try:
             return _run(cfg, run_dir, identity, sweep, role, state, ckpt)
@@ -178,7 +188,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None, identity: str | None = Non
             status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
             own = isinstance(e, (TrainingStopped, RunInterrupted))  # messages of the runner's own: no class name
             error = str(e) if own else "interrupted" if status == "interrupted" else f"{e.__class__.__name__}: {e}"
-            if (run_dir / META_FILE).exists() or status == "failed":
+            if primary and ((run_dir / META_FILE).exists() or status == "failed"):
                 write_json(run_dir / META_FILE, {**load_meta(run_dir), "status": status,
                                                  "error": (error.splitlines() or [""])[0]})
             from runner import loggers
@@ -186,15 +196,17 @@ def run(cfg: DictConfig, run_dir: Path | None = None, identity: str | None = Non
             loggers.finish(state["logger"], {}, failed=True)
             raise
     finally:
-        checkpoints.unlock(run_dir)
+        if primary:
+            checkpoints.unlock(run_dir)
 
 
-def _resume_point(cfg: DictConfig, run_dir: Path, identity: str) -> Path | None:
+def _resume_point(cfg: DictConfig, run_dir: Path, identity: str, primary: bool = True) -> Path | None:
     """The checkpoint the run starts from (None: from scratch), decided holding the run's lock: the newest intact
     one (runner/checkpoints.py). A finished run is resumed only by `resume=<dir>` with a larger trainer.max_steps
     (it trains on; its summary.json stays until the new one replaces it); `resume=auto` starts a new run instead
     of resuming a finished one or one another process holds, and says so."""
-    checkpoints.remove_partial_writes(run_dir)
+    if primary:
+        checkpoints.remove_partial_writes(run_dir)
     if not cfg.resume:
         return None
     if checkpoints.is_finished(run_dir):
@@ -263,9 +275,11 @@ def _run(cfg: DictConfig, run_dir: Path, identity: str, sweep: dict | None, role
         log.info("resuming from %s", ckpt)
     run_id = (meta.get("wandb_id") if ckpt is not None else None) or uuid.uuid4().hex[:8]
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    write_json(run_dir / META_FILE, {"identity": identity, "wandb_id": run_id, "run_name": cfg.run_name,
-                                     "status": "running", "resumed_from": str(ckpt) if ckpt else None})
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    primary = not is_launched_rank()  # a launched rank leaves the run directory to rank 0
+    if primary:
+        write_json(run_dir / META_FILE, {"identity": identity, "wandb_id": run_id, "run_name": cfg.run_name,
+                                         "status": "running", "resumed_from": str(ckpt) if ckpt else None})
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     t_start = time.perf_counter()
 
@@ -299,8 +313,9 @@ def _run(cfg: DictConfig, run_dir: Path, identity: str, sweep: dict | None, role
     micro_total = max(1, max_steps) * tr.accumulate_grad_batches
     name, group = loggers.wandb_names(str(cfg.run_name), sweep)
     job_type = "train" if "train" in order and max_steps > 0 else "compress" if "compress" in order else "evaluate"
-    logger = state["logger"] = loggers.make_logger(cfg.logger, run_dir, name, run_id, group, resolved, job_type=job_type,
-                                                   tags=loggers.method_tags(str(cfg.method._target_), method.name))
+    logger = state["logger"] = primary and loggers.make_logger(
+        cfg.logger, run_dir, name, run_id, group, resolved, job_type=job_type,
+        tags=loggers.method_tags(str(cfg.method._target_), method.name))
     throughput = Throughput(tr.log_every_n_steps, skip=min(10, micro_total // 10))
     progress = _progress_callbacks(cfg)
     ckpt_cb = RunCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step:06d}", auto_insert_metric_name=False,
@@ -376,7 +391,9 @@ def _run(cfg: DictConfig, run_dir: Path, identity: str, sweep: dict | None, role
 
     # -- summary --------------------------------------------------------------------------------
     summary = {
-        "train/loss": module.last_train_loss,
+        # under DDP the mean over ranks (the logged value); on one process the last step's loss itself
+        "train/loss": (float(trainer.callback_metrics["train/loss"]) if trainer.world_size > 1 and
+                       "train/loss" in trainer.callback_metrics else module.last_train_loss),
         **val_metrics,
         **baselines,
         "params": n_params,

@@ -114,7 +114,7 @@ def kill_at_checkpoint(*args: str, runs_dir: Path, checkpoint: str, timeout: flo
     try:
         target, deadline = None, time.time() + timeout
         while time.time() < deadline and cli.poll() is None:
-            found = list(Path(runs_dir).glob(f"*/*/checkpoints/{checkpoint}"))
+            found = _glob(Path(runs_dir), f"*/*/checkpoints/{checkpoint}")
             if found:
                 target = found[0]
                 break
@@ -130,6 +130,17 @@ def kill_at_checkpoint(*args: str, runs_dir: Path, checkpoint: str, timeout: flo
     killed = target.parent.parent
     assert not (killed / "summary.json").exists(), "the run finished before it was killed"
     return killed, json.loads((killed / "meta.json").read_text())
+
+
+def _glob(root: Path, pattern: str) -> list[Path]:
+    """root.glob(pattern), again when a directory vanished while it was listed (the runner's preflight makes and
+    removes a write-check directory in the runs directory: runner.config._unwritable)."""
+    for _ in range(20):
+        try:
+            return list(root.glob(pattern))
+        except FileNotFoundError:
+            continue
+    return list(root.glob(pattern))
 
 
 def run_dirs(runs_dir: Path) -> list[Path]:
