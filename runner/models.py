@@ -87,6 +87,21 @@ def build_model(m: DictConfig, vocab_size: int, device: str | torch.device | Non
     return model
 
 
+def check_vocabulary(model: nn.Module, tokenizer_vocab: int | None, cfg: DictConfig) -> None:
+    """A loaded model (model.init_from) whose input embeddings have fewer rows than the task's tokenizer has ids
+    would fail at the first batch with an IndexError: one config line before any training instead."""
+    get = getattr(model, "get_input_embeddings", None)
+    emb = get() if callable(get) else None
+    rows = getattr(emb, "num_embeddings", None)
+    if rows is None or tokenizer_vocab is None or rows >= int(tokenizer_vocab):
+        return
+    src = cfg.model.init_from
+    tok = cfg.dataset.get("tokenizer", {}) or {}
+    raise ConfigError(f"model.init_from: {src} embeds {rows} token ids, but the tokenizer of dataset={cfg.dataset.name} "
+                      f"has {tokenizer_vocab} (tokenizer.kind={tok.get('kind')}); give the dataset that model's tokenizer "
+                      f"(dataset.tokenizer.kind=hf dataset.tokenizer.name=<its directory>) or a vocabulary of at most {rows}")
+
+
 def _hf_origin(checkpoint: Path) -> str | None:
     """The HF weights the run that wrote `checkpoint` started from (its config.yaml's model.init_from, when that is
     an HF directory or hf://name), else None: its model is then built from its config's sizes."""

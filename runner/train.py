@@ -249,7 +249,7 @@ def _run(cfg: DictConfig, run_dir: Path, identity: str, sweep: dict | None, role
         StepProgressBar,
         Throughput,
     )
-    from runner.models import build_model, count_params, export_hf, model_vocab_size
+    from runner.models import build_model, check_vocabulary, count_params, export_hf, model_vocab_size
     from tasks.base import BuildContext
 
     for name in ("lightning.pytorch", "lightning.fabric"):  # its banner and tips (set on import, so after it)
@@ -298,6 +298,7 @@ def _run(cfg: DictConfig, run_dir: Path, identity: str, sweep: dict | None, role
     arch = architecture(cfg.model)
     vocab = model_vocab_size(cfg.model, data.vocab_size)
     model = build_model(cfg.model, vocab)
+    check_vocabulary(model, data.vocab_size, cfg)
     if "prepare_model" in order:
         model = method.prepare_model(model)
     n_params = count_params(model)

@@ -181,6 +181,13 @@ def test_hf_export_loads_with_plain_transformers_and_round_trips(baseline, tmp_p
     assert a.shape == b.shape and (a - b).abs().max().item() <= 1e-6
     again = _run_in_process([*BASE, f"model.init_from={hf}", "trainer.max_steps=0", "logger=none"], tmp_path)
     assert again["val/loss"] == pytest.approx(s["val/loss"], abs=1e-5)
+    # a tokenizer with more ids than the loaded model embeds: one line naming the key, before any step
+    from runner.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model.init_from: .*/hf embeds 1024 token ids, but the tokenizer of "
+                                          r"dataset=stdlib-docs has 2048"):
+        run_in_process([*BASE, f"model.init_from={hf}", "dataset.tokenizer.vocab_size=2048", "trainer.max_steps=2",
+                        "logger=none"], tmp_path / "bigger" / "run")
 
 
 def test_local_jsonl_dataset(tmp_path):
