@@ -172,21 +172,34 @@ class RetrievalData(TaskData):
         model.train(was_training)
         return torch.cat(out) if out else torch.zeros((0, 0))
 
+    def encode_sparse(self, model, ids: list[list[int]], side: str, batch_size: int | None = None):
+        """encode_texts as a scipy CSR matrix (N, D) of float32, batch by batch: memory in proportion to the
+        nonzeros, not N x D (a vocabulary-space encoder, model.sparse, over a whole corpus)."""
+        from scipy import sparse
+
+        batch_size = int(batch_size or self.eval_batch_size)
+        blocks = [sparse.csr_matrix(self.encode_texts(model, ids[i:i + batch_size], side, batch_size).numpy())
+                  for i in range(0, len(ids), batch_size)]
+        return sparse.vstack(blocks, format="csr") if blocks else sparse.csr_matrix((0, 0), dtype="float32")
+
     def search(self, model, split: str = "test", k: int | None = None, passages=None) -> dict[str, dict[str, float]]:
-        """The run of `model` (a DualEncoder) for `split`'s queries over the whole corpus: exact dense search, or the
-        inverted index when the model's vectors are sparse (model.sparse). `passages`: the corpus vectors
-        already encoded (side="passage"), e.g. by a method that reuses them."""
+        """The run of `model` (a DualEncoder) for `split`'s queries over the whole corpus: exact dense search, or,
+        when the model's vectors are sparse (model.sparse), the inverted index over sparse encodings
+        (encode_sparse). `passages`: the corpus vectors already encoded (side="passage"), e.g. by a method that
+        reuses them."""
         from methods.retrieval.index import InvertedIndex, dense_search, to_run
 
         k = int(k or self.eval_k)
         qids, _ = self.queries_of(split)
         if not qids:
             return {}
-        q = self.encode_texts(model, [self.query_ids(x) for x in qids], "query")
-        p = self.encode_texts(model, self.passage_ids, "passage") if passages is None else passages
         if getattr(model, "sparse", False):
+            q = self.encode_sparse(model, [self.query_ids(x) for x in qids], "query")
+            p = self.encode_sparse(model, self.passage_ids, "passage") if passages is None else passages
             scores, rows = InvertedIndex(p).search(q, k)
         else:
+            q = self.encode_texts(model, [self.query_ids(x) for x in qids], "query")
+            p = self.encode_texts(model, self.passage_ids, "passage") if passages is None else passages
             scores, rows = dense_search(q, p, k)
         return to_run(qids, self.corpus_ids, scores, rows)
 

@@ -44,6 +44,8 @@ class InvertedIndex:
     """Sparse passage vectors as postings lists (see the module docstring)."""
 
     def __init__(self, passages):
+        """`passages`: (N, V) vectors, a tensor, an array or a scipy sparse matrix (RetrievalData.encode_sparse:
+        memory in proportion to the nonzeros)."""
         from scipy import sparse
 
         m = passages.detach().cpu().numpy() if isinstance(passages, torch.Tensor) else passages
@@ -66,16 +68,20 @@ class InvertedIndex:
         lo, hi = self.postings.indptr[term], self.postings.indptr[term + 1]
         return self.postings.indices[lo:hi], self.postings.data[lo:hi]
 
-    def search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores (Q, k), passage rows (Q, k)): each query accumulates the postings of its nonzero terms."""
+    def search(self, queries, k: int, max_scores: int = 2 ** 24) -> tuple[np.ndarray, np.ndarray]:
+        """(scores (Q, k), passage rows (Q, k)): each query accumulates the postings of its nonzero terms. Queries
+        (dense or scipy sparse) go in chunks of at most `max_scores` query-passage scores (128 MB of float64)."""
         from scipy import sparse
 
         q = queries.detach().cpu().numpy() if isinstance(queries, torch.Tensor) else queries
         q = sparse.csr_matrix(q, dtype=np.float64)
         q.eliminate_zeros()
         k = min(int(k), self.num_passages)
-        # a sparse product visits, for each query, the postings of its nonzero terms only
-        return _topk_rows((q @ self.postings).toarray(), k)
+        step = max(1, int(max_scores) // max(1, self.num_passages))
+        out = [_topk_rows((q[start:start + step] @ self.postings).toarray(), k) for start in range(0, q.shape[0], step)]
+        if not out:  # a sparse product visits, for each query, the postings of its nonzero terms only
+            return np.zeros((0, k)), np.zeros((0, k), dtype=np.int64)
+        return np.concatenate([s for s, _ in out]), np.concatenate([r for _, r in out])
 
 
 def to_run(qids: list[str], pids: list[str], scores, rows) -> Run:

@@ -81,7 +81,10 @@ Deviations from the official code (also in configs/method/vdr.yaml):
   per query, the search latency per query of the inverted index and of dense scoring of the same vectors
   measured in the same call (eval/query_ms, eval/dense_query_ms and their ratio eval/index_speedup), the share
   of each passage's top-10 tokens that occur in it (eval/top10_in_input), and the top tokens of the first few
-  passages (logged; `figures` draws them as a table: figures/top_tokens.png, with a .txt).
+  passages (logged; `figures` draws them as a table: figures/top_tokens.png, with a .txt). The task's own search
+  (the eval/ndcg@10 of the run) encodes the whole corpus sparse, batch by batch (RetrievalData.encode_sparse: memory
+  in proportion to the nonzeros, about 1 GB per million passages at 768 + BoW nonzeros), and searches the inverted
+  index in chunks of queries; only these statistics hold a dense (stats_passages, V) matrix.
 """
 
 from __future__ import annotations

@@ -41,6 +41,22 @@ def test_inverted_index_ranks_as_dense_scoring(seed):
     assert np.allclose(d_s.numpy(), s, atol=1e-5)  # dense_search scores in float32
 
 
+def test_inverted_index_takes_sparse_matrices_and_any_query_chunking():
+    """scipy CSR passages and queries (RetrievalData.encode_sparse) rank as the dense arrays do; the queries' chunks
+    (max_scores) change nothing."""
+    from scipy import sparse
+
+    rng = np.random.default_rng(2)
+    p, q = _sparse(rng, 300, 400, 0.03), _sparse(rng, 17, 400, 0.05)
+    ref_s, ref_rows = InvertedIndex(torch.from_numpy(p)).search(torch.from_numpy(q), k=9)
+    index = InvertedIndex(sparse.csr_matrix(p))
+    for max_scores in (1, 300, 301 * 5, 10 ** 8):
+        s, rows = index.search(sparse.csr_matrix(q), k=9, max_scores=max_scores)
+        assert np.array_equal(rows, ref_rows) and np.array_equal(s, ref_s), max_scores
+    s, rows = index.search(sparse.csr_matrix((0, 400), dtype=np.float32), k=9)
+    assert s.shape == rows.shape == (0, 9)
+
+
 def test_posting_lists_hold_the_nonzeros():
     p = torch.tensor([[0.0, 2.0, 0.0], [1.0, 0.0, 3.0], [0.0, 4.0, 0.0]])
     index = InvertedIndex(p)

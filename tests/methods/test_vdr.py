@@ -296,6 +296,9 @@ def test_task_search_evaluate_and_figures(tmp_path, monkeypatch):
     Q = data.encode_texts(enc, [data.query_ids(q) for q in qids], "query")
     P = data.encode_texts(enc, data.passage_ids, "passage")
     _, rows = dense_search(Q, P, 5)
+    # the corpus encoded sparse, batch by batch (memory in proportion to the nonzeros): the dense vectors exactly
+    sp = data.encode_sparse(enc, data.passage_ids, "passage", batch_size=5)
+    assert sp.shape == tuple(P.shape) and np.array_equal(sp.toarray(), P.numpy()) and sp.nnz == int((P != 0).sum())
     run = data.search(enc, "test", k=5)
     want = [[data.corpus_ids[int(r)] for r in rows[i]] for i in range(len(qids))]
     assert [list(run[q]) for q in qids] == want
