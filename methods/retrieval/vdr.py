@@ -83,8 +83,8 @@ Deviations from the official code (also in configs/method/vdr.yaml):
   of each passage's top-10 tokens that occur in it (eval/top10_in_input), and the top tokens of the first few
   passages (logged; `figures` draws them as a table: figures/top_tokens.png, with a .txt). The task's own search
   (the eval/ndcg@10 of the run) encodes the whole corpus sparse, batch by batch (RetrievalData.encode_sparse: memory
-  in proportion to the nonzeros, about 1 GB per million passages at 768 + BoW nonzeros), and searches the inverted
-  index in chunks of queries; only these statistics hold a dense (stats_passages, V) matrix.
+  in proportion to the nonzeros: ~6.4 KB a passage at 768 + BoW nonzeros, float32 values and int32 columns; the
+  index holds them again in float64), and searches the inverted index in chunks of queries; only these statistics hold a dense (stats_passages, V) matrix.
 """
 
 from __future__ import annotations
