@@ -87,6 +87,25 @@ def build_model(m: DictConfig, vocab_size: int, device: str | torch.device | Non
     return model
 
 
+HF_SIZE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                "intermediate_size", "vocab_size", "max_position_embeddings", "d_model", "num_layers")
+
+
+def loaded_model_config(model: nn.Module, src) -> dict | None:
+    """What model.init_from loaded when it names HF weights (an HF directory, hf://name, or a run that started
+    from them): {"from": src, the sizes of its config.json}, logged under model.loaded in the run's config and
+    summary, since the model YAML's own sizes then describe nothing that ran. None otherwise."""
+    config = getattr(model, "config", None)
+    if not src or config is None:
+        return None
+    path = Path(str(src)).expanduser()
+    origin = _hf_origin(latest_checkpoint(path)) if path.is_dir() and latest_checkpoint(path) else None
+    if not is_hf_source(src) and origin is None:
+        return None
+    sizes = {k: getattr(config, k) for k in HF_SIZE_KEYS if isinstance(getattr(config, k, None), (int, str))}
+    return {"from": str(src), **({"origin": origin} if origin else {}), **sizes}
+
+
 def check_vocabulary(model: nn.Module, tokenizer_vocab: int | None, cfg: DictConfig) -> None:
     """A loaded model (model.init_from) whose input embeddings have fewer rows than the task's tokenizer has ids
     would fail at the first batch with an IndexError: one config line before any training instead."""

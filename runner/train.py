@@ -249,7 +249,14 @@ def _run(cfg: DictConfig, run_dir: Path, identity: str, sweep: dict | None, role
         StepProgressBar,
         Throughput,
     )
-    from runner.models import build_model, check_vocabulary, count_params, export_hf, model_vocab_size
+    from runner.models import (
+        build_model,
+        check_vocabulary,
+        count_params,
+        export_hf,
+        loaded_model_config,
+        model_vocab_size,
+    )
     from tasks.base import BuildContext
 
     for name in ("lightning.pytorch", "lightning.fabric"):  # its banner and tips (set on import, so after it)
@@ -299,6 +306,8 @@ def _run(cfg: DictConfig, run_dir: Path, identity: str, sweep: dict | None, role
     vocab = model_vocab_size(cfg.model, data.vocab_size)
     model = build_model(cfg.model, vocab)
     check_vocabulary(model, data.vocab_size, cfg)
+    if (loaded := loaded_model_config(model, cfg.model.init_from)) is not None:  # the YAML's sizes do not apply
+        resolved["model"]["loaded"] = loaded
     if "prepare_model" in order:
         model = method.prepare_model(model)
     n_params = count_params(model)

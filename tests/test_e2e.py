@@ -181,6 +181,10 @@ def test_hf_export_loads_with_plain_transformers_and_round_trips(baseline, tmp_p
     assert a.shape == b.shape and (a - b).abs().max().item() <= 1e-6
     again = _run_in_process([*BASE, f"model.init_from={hf}", "trainer.max_steps=0", "logger=none"], tmp_path)
     assert again["val/loss"] == pytest.approx(s["val/loss"], abs=1e-5)
+    assert again["config"]["model"]["loaded"] == {"from": str(hf), **{k: v for k, v in plain.config.to_dict().items() if k in (
+        "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+        "intermediate_size", "vocab_size", "max_position_embeddings")}}
+    assert "loaded" not in s["config"]["model"]  # a run built from the YAML's sizes says nothing more
     # a tokenizer with more ids than the loaded model embeds: one line naming the key, before any step
     from runner.errors import ConfigError
 
