@@ -245,10 +245,19 @@ def resolve_run_dir(resume: Any, runs_dir: str, run_name: str, identity: str = "
     return str(d)
 
 
+def is_launched_rank() -> bool:
+    """Whether this process is a non-zero rank that a launcher started for the run the first process owns
+    (Lightning's DDP subprocesses: LOCAL_RANK; srun's tasks: SLURM_PROCID; torchrun: RANK). It leaves the run
+    directory to that process: no lock, no meta.json, no logger of its own."""
+    keys = ("LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "RANK", "SLURM_PROCID")
+    return any(os.environ.get(k, "0").strip() not in ("", "0") for k in keys)
+
+
 def hydra_subdir(run_dir: str) -> str:
     """`hydra.output_subdir`: `.hydra` for a new run; under it `resume-<time>/` when the run directory already holds
-    a run's Hydra record (resume=), so the overrides that started the run stay, and each resume's sit beside them."""
-    if (Path(str(run_dir)) / ".hydra" / "overrides.yaml").exists():
+    a run's Hydra record (resume=), so the overrides that started the run stay, and each resume's sit beside them.
+    A launched rank's is the first process's (Lightning's subprocesses write none; srun's tasks the same record)."""
+    if not is_launched_rank() and (Path(str(run_dir)) / ".hydra" / "overrides.yaml").exists():
         return f".hydra/resume-{_dt.datetime.now().strftime('%Y-%m-%d_%H-%M-%S-%f')}"
     return ".hydra"
 

@@ -47,7 +47,7 @@ def method_tags(target: str, name: str) -> list[str]:
 
 
 def make_logger(lcfg, run_dir: Path, run_name: str, run_id: str, group: str | None, config: dict,
-                job_type: str | None = None, tags: list[str] = ()):
+                job_type: str | None = None, tags: tuple[str, ...] | list[str] = ()):
     """A Lightning logger for `logger.kind`, or False. W&B: `tags` follow logger.tags; `job_type` is the run's
     kind of work (train, compress, evaluate)."""
     if lcfg.kind == "none":

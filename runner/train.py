@@ -22,7 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from runner import checkpoints
-from runner.config import META_FILE, architecture, make_task, resume_candidates, validate
+from runner.config import META_FILE, architecture, is_launched_rank, make_task, resume_candidates, validate
 from runner.errors import ConfigError, RunInterrupted, TrainingStopped
 from runner.trained import BASE, TrainedModels, ensure
 
@@ -30,8 +30,8 @@ log = logging.getLogger("methodbench")
 
 _QUIET = (r".*weights_only.*", r".*LeafSpec.*", r".*does not have many workers.*", r".*srun.*",
           r".*predict_dataloader.*", r".*_pytree.*",
-          r".*dataloader is not resumable.*",
-          r".*sync_dist=True.*when logging on epoch level.*")  # val/* are reduced over ranks by the modules themselves  # it is: batches are a function of the micro-batch index (tasks/common.py)
+          r".*dataloader is not resumable.*",  # it is: batches are a function of the micro-batch index (tasks/common.py)
+          r".*sync_dist=True.*when logging on epoch level.*")  # val/* are reduced over ranks by the modules themselves
 
 
 def _hydra_info() -> tuple[Path, str, dict[str, str] | None]:
@@ -150,14 +150,6 @@ def _vocab_of(path: str) -> int | None:
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return None
-
-
-def is_launched_rank() -> bool:
-    """Whether this process is a non-zero rank that a launcher started for the run the first process owns
-    (Lightning's DDP subprocesses: LOCAL_RANK; srun's tasks: SLURM_PROCID; torchrun: RANK). It leaves the run
-    directory to that process: no lock, no meta.json, no logger of its own."""
-    keys = ("LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "RANK", "SLURM_PROCID")
-    return any(os.environ.get(k, "0").strip() not in ("", "0") for k in keys)
 
 
 def run(cfg: DictConfig, run_dir: Path | None = None, identity: str | None = None, role: str | None = None) -> dict:

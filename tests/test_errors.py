@@ -517,3 +517,21 @@ def test_the_slurm_launcher_off_a_cluster_is_one_line(tmp_path):
         "error: hydra/launcher=slurm: no SLURM on this machine (no `srun` on PATH); submit from the cluster's login "
         "node, or drop it to run the jobs here (hydra/launcher=basic)"]
     assert not any(tmp_path.iterdir())
+
+
+def test_a_launched_rank_is_told_apart_from_the_first_process(monkeypatch, tmp_path):
+    """Lightning's DDP subprocesses (LOCAL_RANK), torchrun (RANK) and srun's tasks (SLURM_PROCID) other than the
+    first leave the run directory to it; their Hydra record is the first process's (no resume-* of their own)."""
+    from runner.config import hydra_subdir, is_launched_rank
+
+    for k in ("LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(k, raising=False)
+    assert not is_launched_rank()
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    assert not is_launched_rank()
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("[]\n")
+    for k in ("LOCAL_RANK", "RANK", "SLURM_PROCID"):
+        monkeypatch.setenv(k, "1")
+        assert is_launched_rank() and hydra_subdir(str(tmp_path)) == ".hydra"
+        monkeypatch.setenv(k, "0")
