@@ -150,7 +150,15 @@ def export_hf(model: nn.Module, directory: Path, tokenizer_dir: Path | None = No
     directory = Path(directory)
     tmp = directory.with_name(f"{directory.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    target.save_pretrained(str(tmp), safe_serialization=True)
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # its "Writing model shards" bar for a file written in a blink: not in run logs
+    try:
+        target.save_pretrained(str(tmp), safe_serialization=True)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     if tokenizer_dir is not None and Path(tokenizer_dir).is_dir():
         for f in Path(tokenizer_dir).iterdir():
             if f.is_file() and not (tmp / f.name).exists():
