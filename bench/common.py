@@ -54,13 +54,16 @@ def run_tables(experiments: dict, doc: str, default_runs_dir: str, threads: list
     optionally the seeds of that experiment); each arm runs once per seed (run_one); one markdown table per
     experiment (mean ± half-range over seeds) is printed. Returns {experiment: {arm: [summary per seed]}}."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("experiments", nargs="*", default=list(experiments), choices=list(experiments))
+    ap.add_argument("experiments", nargs="*", help=f"of: {', '.join(experiments)} (default: all)")
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--runs-dir", type=Path, default=Path(default_runs_dir))
     ap.add_argument("--rerun", action="store_true")
     args = ap.parse_args(argv)
+    unknown = [e for e in args.experiments if e not in experiments]
+    if unknown:
+        ap.error(f"unknown experiment {unknown[0]!r}; choose from: {', '.join(experiments)}")
     out = {}
-    for exp in args.experiments:
+    for exp in args.experiments or list(experiments):
         arms, keys, *own = experiments[exp]
         seeds = [int(x) for x in (own[0] if own else args.seeds).split(",")]
         rows = {}

@@ -105,3 +105,22 @@ def labelled_loaders(train: tuple[list[list[int]], object], val: tuple[list[list
                                            num_workers=num_workers, generator=torch.Generator().manual_seed(seed))
     val_dl = torch.utils.data.DataLoader(val_set, batch_size=batch_size, shuffle=False, collate_fn=collate)
     return train_dl, val_dl
+
+
+def block_loaders(train_blocks, val_blocks, batch_size: int, total_micro_batches: int, seed: int,
+                  start: Callable[[], int] = lambda: 0, rank: int = 0, world: int = 1, val_batches: int | None = None,
+                  num_workers: int = 0):
+    """(train, val) loaders of fixed-size token blocks (next-token LM batches): training batches a pure function of the
+    global micro-batch index (ResumableBatchSampler); validation this rank's share of the first `val_batches` x
+    batch_size x world blocks (all when None), in order."""
+    train = BlockDataset(train_blocks)
+    if val_batches is not None:
+        val_blocks = val_blocks[: val_batches * batch_size * world]
+    val_blocks = val_blocks[rank::world]
+    sampler = ResumableBatchSampler(len(train), batch_size, total_micro_batches, seed, start, rank, world)
+    # explicit generators: iterating a loader must not draw from the global RNG (exact resume)
+    train_dl = torch.utils.data.DataLoader(train, batch_sampler=sampler, num_workers=num_workers,
+                                           generator=torch.Generator().manual_seed(seed))
+    val_dl = torch.utils.data.DataLoader(BlockDataset(val_blocks), batch_size=batch_size, shuffle=False,
+                                         generator=torch.Generator().manual_seed(seed))
+    return train_dl, val_dl

@@ -109,22 +109,10 @@ class TokenData(TaskData):
     # -- the task protocol -------------------------------------------------------------------
     def make_loaders(self, batch_size: int, total_micro_batches: int, seed: int, start: Callable[[], int] = lambda: 0,
                      rank: int = 0, world: int = 1, val_batches: int | None = None, num_workers: int = 0):
-        import torch
+        from tasks.batches import block_loaders
 
-        from tasks.batches import BlockDataset, ResumableBatchSampler
-
-        train = BlockDataset(self.blocks("train"))
-        val_blocks = self.blocks("val")
-        if val_batches is not None:
-            val_blocks = val_blocks[: val_batches * batch_size * world]
-        val_blocks = val_blocks[rank::world]
-        sampler = ResumableBatchSampler(len(train), batch_size, total_micro_batches, seed, start, rank, world)
-        # explicit generators: iterating a loader must not draw from the global RNG (exact resume)
-        train_dl = torch.utils.data.DataLoader(train, batch_sampler=sampler, num_workers=num_workers,
-                                               generator=torch.Generator().manual_seed(seed))
-        val_dl = torch.utils.data.DataLoader(BlockDataset(val_blocks), batch_size=batch_size, shuffle=False,
-                                             generator=torch.Generator().manual_seed(seed))
-        return train_dl, val_dl
+        return block_loaders(self.blocks("train"), self.blocks("val"), batch_size, total_micro_batches, seed, start,
+                             rank, world, val_batches, num_workers)
 
     def eval_targets(self, val_dl) -> torch.Tensor:
         """The tokens validation scores (every block's targets)."""

@@ -163,17 +163,41 @@ DATASETS: dict[str, list[str]] = {
     "retrieval": ["dataset=stdlib-retrieval", "model=bert-tiny", "dataset.max_passages=150", "dataset.eval.k=20"],
     # dictionary entries and their definitions (tasks/dictionary.py): 64 stdlib entries (DefSent+)
     "definitions": ["dataset=dictionary", "model=bert-tiny", "dataset.max_entries=64", "dataset.sts_pairs=50"],
+    # N = 5 float sets and their sorted order, for a pointer network (tasks/sets.py, Read-Process-Write)
+    "sets": ["dataset=sort-sets", "model=rpw", "dataset.generator.train_size=256", "dataset.generator.val_size=32"],
+    # documents in two aligned views, topic words and full tokens (tasks/topics.py, ctx-DocNADE)
+    "bag-of-words": ["dataset=stdlib-topics", "model=ctx-docnade", "dataset.max_examples=300"],
+    # words as character canvases (tasks/words.py, eTok)
+    # a prompt slot + sentence -> label word with planted trigger tokens, for t5-tiny (ClaPS's prompt search)
+    "prompt-classification": ["dataset=trigger-cls", "model=t5-tiny", "dataset.generator.train_size=512",
+                              "dataset.generator.val_size=100", "dataset.generator.prompt_words=50",
+                              "dataset.generator.sentence_words=50"],
+    "words": ["dataset=stdlib-words", "model=etok", "model.n_embd=32", "model.n_layer=2", "model.seq_len=16",
+              "dataset.eval.words=64"],
 }
 
 
-def dataset_for(needs: frozenset[str]) -> list[str]:
-    """The test dataset overrides for a method that needs `needs` of its task ([] for the default corpus)."""
+# A model capability a method needs (Method.needs_model) that the test dataset's model lacks: the test model that has
+# it, replacing the dataset entry's model= (small sizes).
+MODELS: dict[str, list[str]] = {
+    "gnmt": ["model=gnmt", "model.hidden_size=16", "model.num_layers=2"],  # GNMT (methods/translation/gnmt.py)
+}
+
+
+def dataset_for(needs: frozenset[str], needs_model: frozenset[str] = frozenset()) -> list[str]:
+    """The test dataset overrides for a method that needs `needs` of its task ([] for the default corpus) and
+    `needs_model` of its model (a MODELS entry replaces the dataset entry's model)."""
     missing = sorted(needs - {"tokens", "documents"})
     if not missing:
-        return []
-    if missing[0] not in DATASETS:
+        out = []
+    elif missing[0] not in DATASETS:
         raise AssertionError(f"no test dataset provides {missing[0]}: add one to tests/conftest.DATASETS")
-    return DATASETS[missing[0]]
+    else:
+        out = list(DATASETS[missing[0]])
+    for cap in sorted(needs_model):
+        if cap in MODELS:
+            out = [o for o in out if not o.startswith("model=")] + MODELS[cap]
+    return out
 
 
 def tiny_for(overrides: list[str] | tuple[str, ...]) -> list[str]:

@@ -72,8 +72,13 @@ def test_option_composes_and_validates(group, option, local_file):
     overrides = [f"{group}={option}"]
     if group == "dataset" and option == "local":
         overrides.append(f"dataset.path={local_file}")
+    if group == "dataset" and option == "pairs-file":
+        pairs = local_file.with_name("pairs.tsv")
+        pairs.write_text("a source\ta target\n")
+        overrides.append(f"dataset.generator.path={pairs}")
     if group == "method":  # a method that needs more of its task than the default corpus has: its e2e test config
-        overrides += dataset_for(import_target(compose_cfg(overrides).method._target_).needs_task)
+        cls = import_target(compose_cfg(overrides).method._target_)
+        overrides += dataset_for(cls.needs_task, cls.needs_model)
     overrides += _partner(compose_cfg(overrides), group)
     cfg = compose_cfg(overrides)
     validate(cfg)  # raises ConfigError listing every problem

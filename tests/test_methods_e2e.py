@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from runner.config import group_options
-from tests.conftest import BASE, BASE_STEPS, TINY, compose_cfg, dataset_for, run_cli, run_in_process, tiny_for
+from tests.conftest import BASE_STEPS, TINY, compose_cfg, dataset_for, run_cli, run_in_process, tiny_for
 
 pytestmark = pytest.mark.e2e
 METHODS = group_options("method")
@@ -39,7 +39,7 @@ def _group(method: str) -> tuple[tuple[str, ...], bool]:
     """(the test dataset overrides for what it needs of the task, () for the default corpus; whether it starts
     from a trained model)."""
     m = _method(method)
-    return tuple(dataset_for(m.needs_task)), m.needs_trained_model
+    return tuple(dataset_for(m.needs_task, m.needs_model)), m.needs_trained_model
 
 
 def _summaries(runs: Path) -> dict[str, dict]:
@@ -59,10 +59,13 @@ def method_runs(tmp_path_factory, base_lm):
     runs = tmp_path_factory.mktemp("methods")
     jobs = {}
     for (dataset, needs_model), methods in sorted(groups.items()):
-        label = f"{dataset[0].split('=')[-1] if dataset else 'default'}-{'post' if needs_model else 'train'}"
+        model = [o.split("=", 1)[1] for o in dataset if o.startswith("model=")]
+        label = "-".join([dataset[0].split("=")[-1] if dataset else "default", *model[:1],
+                          "post" if needs_model else "train"])
         # base_steps as in BASE: a method that asks for the base model from scratch (EMO's cost embedding) gets
         # the one base_lm trained, not a second one
-        common = [*(BASE if needs_model else [*tiny_for(dataset), f"base_steps={BASE_STEPS}"]), *dataset]
+        common = [*tiny_for(dataset), f"base_steps={BASE_STEPS}", *(["model.init_from=base"] if needs_model else []),
+                  *dataset]  # with the default corpus: BASE
         steps = [f"trainer.max_steps={STEPS}", f"trainer.val_every_n_steps={STEPS}"]
         if needs_model and not any(_trains(m) for m in methods):
             steps = ["trainer.max_steps=0"]
