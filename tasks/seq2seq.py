@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -254,6 +255,8 @@ class Pairs(Task):
                          "coverage_penalty": float(dec["coverage_penalty"])}
 
     def build(self, ctx: BuildContext) -> Seq2SeqData:
+        if pretrained_tokenizer_source(ctx.model_source) is not None:
+            return self.build_with_pretrained_tokenizer(ctx, pretrained_tokenizer_source(ctx.model_source))
         longest = getattr(self.generator, "max_target_words", None)
         if self.tokenizer["kind"] == "word" and longest is not None and longest + 1 > ctx.seq_len:
             raise ConfigError(f"model.seq_len: {ctx.seq_len} is shorter than the longest {self.source} sequence "
@@ -263,6 +266,38 @@ class Pairs(Task):
                                         default=str).encode()).hexdigest()[:16]
         return build_pairs_data(corpus, self.tokenizer, self.decoding, ctx.seq_len, key, self.source,
                                 truncate=longest is None)
+
+    def build_with_pretrained_tokenizer(self, ctx: BuildContext, name: str) -> Seq2SeqData:
+        """The pairs tokenised by the tokenizer of model.init_from (an HF model: its ids are what its embeddings were
+        trained on), sequences cut to model.seq_len; it must have T5's pad 0 and EOS 1."""
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(name)
+        if tok.pad_token_id != 0 or tok.eos_token_id != 1:
+            raise ConfigError(f"model.init_from: {name}'s tokenizer has pad {tok.pad_token_id} and EOS "
+                              f"{tok.eos_token_id}; the pairs need T5's pad 0 and EOS 1")
+        corpus = self.generator.generate(ctx.cache_dir)
+
+        def ids(texts: list[str]) -> list[list[int]]:
+            rows = tok(texts, add_special_tokens=False)["input_ids"]
+            return [[*r[:ctx.seq_len - 1], tok.eos_token_id] for r in rows]
+
+        train = list(zip(ids(corpus.train_source), ids(corpus.train_target)))
+        val = list(zip(ids(corpus.val_source), ids(corpus.val_target)))
+        return Seq2SeqData(train, val, list(corpus.val_target), tok, len(tok), ctx.seq_len, len(train), len(val),
+                           f"{self.source}-{name}", tokenizer_kind="bpe", decoding=dict(self.decoding),
+                           sources=list(corpus.val_source))
+
+
+def pretrained_tokenizer_source(model_source: str | None) -> str | None:
+    """The tokenizer name or directory of model.init_from, where it is an HF model; else None."""
+    source = str(model_source or "")
+    if source.startswith("hf://"):
+        return source.removeprefix("hf://")
+    path = Path(source).expanduser()
+    if source and path.is_dir() and any((path / f).exists() for f in ("tokenizer.json", "spiece.model")):
+        return str(path)
+    return None
 
 
 def build_pairs_data(corpus: PairCorpus, tokenizer: dict, decoding: dict, seq_len: int, key: str, name: str,

@@ -198,7 +198,8 @@ def test_bad_config_is_one_line(bad, key):
 
 def test_flan_t5_sst2_recipe_composes_offline():
     from runner.config import compose
-    from tasks.prompt_pairs import PromptPairs, pretrained_tokenizer_source
+    from tasks.prompt_pairs import PromptPairs
+    from tasks.seq2seq import pretrained_tokenizer_source
 
     cfg = compose(["method=claps", "model=t5-tiny", "model.init_from=hf://google/flan-t5-base", "model.seq_len=128",
                    "dataset=hf-sst2", "method.clusters=2000"])
