@@ -65,8 +65,10 @@ class Method:
     # "decoder-layers", ...); empty: anything. Checked at config time, one line naming both sides.
     needs_task: frozenset[str] = frozenset()
     needs_model: frozenset[str] = frozenset()
-    # Set by the runner before any stage: trained, cached models by role (see TrainedModel above).
+    # Set by the runner before any stage: trained, cached models by role (see TrainedModel above), and the steps the
+    # base role trains for (base_steps), for methods that ask for models at other step counts (PreSelect).
     trained_model: TrainedModel | None = None
+    base_steps: int | None = None
 
     # -- kernels -----------------------------------------------------------------------------
     # The runner binds the hardware config's `kernels:` map before any stage runs, so a method's own

@@ -99,7 +99,8 @@ def loaded_model_config(model: nn.Module, src) -> dict | None:
     if not src or config is None:
         return None
     path = Path(str(src)).expanduser()
-    origin = _hf_origin(latest_checkpoint(path)) if path.is_dir() and latest_checkpoint(path) else None
+    newest = latest_checkpoint(path) if path.is_dir() else None
+    origin = _hf_origin(newest) if newest else None
     if not is_hf_source(src) and origin is None:
         return None
     sizes = {k: getattr(config, k) for k in HF_SIZE_KEYS if isinstance(getattr(config, k, None), (int, str))}

@@ -286,6 +286,7 @@ def _run(cfg: DictConfig, run_dir: Path, identity: str, sweep: dict | None, role
     data = None
     trained = TrainedModels(cfg, run, vocab_size=lambda p=None: (p and _vocab_of(p)) or getattr(data, "vocab_size", None))
     method.trained_model = trained
+    method.base_steps = int(cfg.base_steps)
     ctx = BuildContext(seq_len=int(cfg.model.seq_len), cache_dir=Path(cfg.paths.cache_dir).expanduser(),
                        seed=int(cfg.seed), batch_size=int(cfg.dataset.batch_size), max_steps=int(tr.max_steps),
                        accumulate_grad_batches=int(tr.accumulate_grad_batches), needs=frozenset(method.needs_task),

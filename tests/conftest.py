@@ -172,6 +172,8 @@ DATASETS: dict[str, list[str]] = {
     "prompt-classification": ["dataset=trigger-cls", "model=t5-tiny", "dataset.generator.train_size=512",
                               "dataset.generator.val_size=100", "dataset.generator.prompt_words=50",
                               "dataset.generator.sentence_words=50"],
+    # generated Chinese web documents with planted labels and one violator per rule (tasks/zh_web.py, MDFG)
+    "zh-web": ["dataset=zh-web-synthetic", "dataset.documents=60", "dataset.clean_documents=30", "dataset.labelled=40"],
     "words": ["dataset=stdlib-words", "model=etok", "model.n_embd=32", "model.n_layer=2", "model.seq_len=16",
               "dataset.eval.words=64"],
 }

@@ -19,7 +19,8 @@ Stage 2, quality (BERTEval): every document is cut into segments of <= 512 token
 Stage 3, domain: keyword rules (a label when >= `keyword_hits` distinct keywords of its category occur; none:
 "general") label the texts; a multi-label one-vs-all linear model over jieba tokens (length > 1) and their
 bigrams is trained on those labels; predictions with confidence > 0.9 are added to the labels and the model
-retrained once. single_label = argmax, multi_label = every category with p > 0.3 (official
+retrained once. Texts are labelled out-of-fold (two halves by position, each by the model trained on the other),
+so the model's labels are predictions, not its own training labels read back. single_label = argmax, multi_label = every category with p > 0.3 (official
 domain_classifier_process.py: k=-1, threshold=0.3; the argmax when none passes, so it is never empty).
 Stage 4, toxicity: a binary classifier's p(toxic); label = 1 only when p >= 0.99 (official predict_toxic.py:
 score = p(toxic), label forced to 0 when score < 0.99).
@@ -48,7 +49,7 @@ Choices and deviations (all stated):
     "general", 20 keywords each, hit threshold 3 (paper: 20-50 keywords, 3-5 hits). The refinement loop
     adds high-confidence labels rather than editing the keyword lists (which the paper does by hand).
   * Toxicity model: scikit-learn logistic regression over binary character 1-2-gram presence, on the task's
-    labelled documents.
+    labelled documents (the official model scores the jieba-segmented text of the domain step; here raw characters).
     The LLM-in-the-loop relabelling (Qwen2.5-32B re-judging R0's >0.5 candidates, two rounds) is NOT
     implemented: `llm_relabel` raises NotImplementedError. The official math-formula rule (>50% numeric or
     symbolic characters → non-toxic) is not implemented either.
@@ -327,7 +328,7 @@ class MdfgPipeline:
         self.keyword_hits, self.multi_label_threshold = keyword_hits, multi_label_threshold
         self.toxic_threshold, self.sensitive_words, self.keywords, self.seed = (
             toxic_threshold, tuple(sensitive_words), dict(keywords), seed)
-        self.quality_model = self.toxicity_model = self.domain_model = None
+        self.quality_model = self.toxicity_model = None
 
     def fit(self, quality: tuple[Sequence[str], Sequence[int]], toxicity: tuple[Sequence[str], Sequence[int]]):
         """Train the quality and toxicity classifiers on labelled (texts, 0/1 labels)."""
@@ -363,11 +364,15 @@ class MdfgPipeline:
                 quality.append(float(np.mean(scores[a:b])))
         categories = [*self.keywords, GENERAL]
         rule_labels = [keyword_labels(x, self.keywords, self.keyword_hits) for x in texts]
-        if texts and len({c for labs in rule_labels for c in labs}) >= 2:
-            self.domain_model = DomainClassifier(categories, seed=self.seed).fit(texts, rule_labels)
-            doms = self.domain_model.labels(texts, self.multi_label_threshold)
-        else:  # fewer than two categories among the rule labels: nothing to learn, the rules decide
-            doms = [(labs[0], labs) for labs in rule_labels]
+        doms = [(labs[0], labs) for labs in rule_labels]  # where no model can be fit, the rules decide
+        folds = [[i for i in range(len(texts)) if i % 2 == f] for f in (0, 1)]
+        for f, fold in enumerate(folds):  # out-of-fold: each half labelled by the model of the other half
+            train = folds[1 - f]
+            if fold and len({c for i in train for c in rule_labels[i]}) >= 2:
+                model = DomainClassifier(categories, seed=self.seed).fit([texts[i] for i in train],
+                                                                         [rule_labels[i] for i in train])
+                for i, lab in zip(fold, model.labels([texts[i] for i in fold], self.multi_label_threshold)):
+                    doms[i] = lab
         tox = self.toxicity_scores(texts)
         records = [output_record(x, q, s, m, float(p), self.toxic_threshold)
                    for x, q, (s, m), p in zip(texts, quality, doms, tox)]
@@ -430,6 +435,7 @@ class MdfgFilter(Method):
                                      float(multi_label_threshold), float(toxic_threshold), seed=int(seed))
         self.keep_domains = keep_domains
         self.stats: dict[str, float] = {}
+        self.records: dict[str, list[dict]] = {}  # per sampled domain: every output text in the released schema
 
     def keep(self, record: dict) -> bool:
         if record["toxicity"]["label"] != 0:
@@ -448,6 +454,7 @@ class MdfgFilter(Method):
                 continue
             docs = data.documents(domain, "train")
             records, _ = self.pipeline.run(docs)
+            self.records[domain] = records
             kept = [r["text"] for r in records if self.keep(r)]
             if not kept:
                 raise ValueError(f"method=mdfg_filter: no text of domain {domain!r} passes the filter; lower "

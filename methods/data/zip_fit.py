@@ -285,6 +285,11 @@ class ZipFit(Method):
             return dsir_select(source, target, k, self.num_buckets, seed, log_weights=log_w), log_w
         return random_select(len(source), k, seed), np.zeros(len(source))
 
+    def selection_spec(self, k: int, seed: int) -> dict:
+        """Everything besides the documents that decides the selection: its cache key."""
+        return {"v": 1, "selector": self.selector, "k": k, "codec": self.codec, "level": self.level,
+                "num_buckets": self.num_buckets, "seed": seed if self.selector != "zip_fit" else None}
+
     def selection(self, data):
         """The selected documents as a `datasets` Dataset (text, domain, score), computed once and cached."""
         import datasets
@@ -301,9 +306,7 @@ class ZipFit(Method):
         if k > len(source):
             raise ValueError(f"method.k: {k} is more than the {len(source)} source documents")
         seed = int(torch.initial_seed() if self.seed is None else self.seed)  # the run's seed
-        spec = {"v": 1, "selector": self.selector, "k": k, "codec": self.codec, "level": self.level,
-                "num_buckets": self.num_buckets, "seed": seed if self.selector != "zip_fit" else None}
-        h = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
+        h = hashlib.sha256(json.dumps(self.selection_spec(k, seed), sort_keys=True).encode())
         for _, domain, text in pool:
             h.update(f"{domain}\0{content_hash(text)}\0".encode())
         h.update(b"target")
@@ -319,6 +322,7 @@ class ZipFit(Method):
         log.info("%s: selecting %d of %d source documents for target %r (%d documents, %s)", self.selector, k,
                  len(source), target_name, len(target), self.codec if self.selector == "zip_fit" else "")
         t0 = time.perf_counter()
+        self.data = data  # a subclass's select may need more of the task (PreSelect: its tokenizer)
         chosen, scores = self.select(source, target, k, seed)
         seconds = time.perf_counter() - t0
         ds = datasets.Dataset.from_dict({"text": [source[i] for i in chosen],

@@ -19,7 +19,8 @@ Haoran Zhao and Jake Ryland Williams, arXiv:2311.11012 (2023). Cipher enumeratio
         log P(j | w) - log P(j),   P(j | w) = (C_wj + 1) / (sum_j' C_wj' + b),   P(j) = sum_w C_wj / sum_wj C_wj
    i.e. GloVe's log X_wc less its row and column terms (the PMI that word2vec/GloVe converge to); "log": log(1 + C);
    "none": C.
-3. LM use: the chosen parts (`vectors`: any of cipher, sum, concat; each part divided by its own std, then joined)
+3. LM use: the chosen parts (`vectors`: any of cipher, sum, concat; each part divided by its own std, then joined;
+   `random`, a control: seeded Gaussian vectors of the dimension of [cipher, concat], same projection and scale)
    become the input embedding of the model (methods/embeddings/init.py: frozen or trainable, projected to the
    hidden size by a fixed random map, a learned linear map or zero-padding, scaled to the replaced init's std).
 
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 TRANSFORMS = ("pmi", "log", "none")
-PARTS = ("cipher", "sum", "concat")
+PARTS = ("cipher", "sum", "concat", "random")
 
 
 def min_bits(vocab_size: int) -> int:
@@ -163,7 +164,10 @@ def embedding_matrix(ids: np.ndarray, vocab_size: int, bits: int | None, window:
     table = cipher_table(ids, vocab_size, bits)
     got = []
     for part in parts:
-        m = table if part == "cipher" else contextual_vectors(ids, table, window, part, transform)
+        if part == "random":  # the control: Gaussian vectors of the dimension of [cipher, concat], seeded
+            m = np.random.default_rng(0).standard_normal((vocab_size, table.shape[1] * (1 + 2 * window)))
+        else:
+            m = table if part == "cipher" else contextual_vectors(ids, table, window, part, transform)
         got.append(m / max(float(m.std()), 1e-12))
     return np.concatenate(got, axis=1)
 

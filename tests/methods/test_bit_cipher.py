@@ -99,7 +99,7 @@ def test_context_dimensions_and_loop_parity():
 
 
 def test_pos_probe_beats_random_of_equal_dimension():
-    # measured (seed 0, 1500 sentences): sum 0.93-0.94 vs random 0.55; held-out words 0.75-0.80 vs 0.12
+    # measured (seed 0, 1500 sentences, 300 held out): summation 0.893 vs random 0.587
     words, tags, sent = tagged_stream(PCFG(0).corpus(1500))
     vocab = {w: i for i, w in enumerate(sorted(set(words)))}
     ids = np.array([vocab[w] for w in words])
@@ -235,3 +235,13 @@ def test_bad_config_is_one_line(kw, key):
     assert str(e.value).startswith(key) and "\n" not in str(e.value)
     with pytest.raises(ValueError, match=r"^bit_cipher.bits: must be >= floor\(log2 \|V\|\) \+ 1 = 9"):
         Cipher(300, 8)
+
+
+def test_parts_dimensions():
+    from methods.embeddings.bit_cipher import embedding_matrix
+
+    ids = np.random.default_rng(0).integers(0, 100, 3000)
+    b = min_bits(100)
+    for parts, d in [(["cipher"], b), (["sum"], b), (["concat"], 4 * b), (["cipher", "concat"], 5 * b),
+                     (["random"], 5 * b)]:
+        assert embedding_matrix(ids, 100, None, 2, parts, "pmi").shape == (100, d)
