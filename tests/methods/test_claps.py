@@ -238,3 +238,31 @@ def test_planted_a_triggers_survive_pruning_and_greedy_beats_empty(trained):
     assert prompt[0] in a_triggers
     assert scorer.rewards([prompt], train)[0] > scorer.rewards([[]], train)[0]
     assert scorer.accuracy([prompt], val)[0] > scorer.accuracy([[]], val)[0] + 0.2
+
+
+def test_trigger_task_labels_follow_the_planted_rule():
+    """methods/inference/claps_data.py TriggerCls: every training label is the rule its prompt's trigger selects
+    (tA: aspect A, tF: not A, tB or none: aspect B), read back from the words; validation has the empty prompt and
+    labels by A; every word is in the vocabulary; the same seed gives the same pairs."""
+    from methods.inference.claps_data import VERBALIZERS, TriggerCls
+
+    gen = TriggerCls(sentence_words=20, cue_words=4, prompt_words=30, train_size=400, val_size=50, seed=3)
+    corpus = gen.generate()
+
+    def aspect(words, a):
+        cue = next(w for w in words if w.startswith(a))
+        return 1 if cue[1] == "+" else 0
+
+    vocab = set(corpus.vocabulary)
+    for src, tgt in zip(corpus.train_source, corpus.train_target):
+        words = src.split()
+        assert set(words) <= vocab
+        kinds = [w[:2] for w in words if w[:2] in ("tA", "tB", "tF")]
+        assert len(kinds) <= 1
+        want = {"tA": aspect(words, "a"), "tF": 1 - aspect(words, "a")}.get(kinds[0] if kinds else "", aspect(words, "b"))
+        assert tgt == VERBALIZERS[want]
+    for src, tgt in zip(corpus.val_source, corpus.val_target):
+        assert src.startswith("sentence:") and tgt == VERBALIZERS[aspect(src.split(), "a")]
+    assert sum(corpus.notes[f"prompts_{k}"] for k in ("tA", "tB", "tF", "none")) == 400
+    assert TriggerCls(sentence_words=20, cue_words=4, prompt_words=30, train_size=400, val_size=50,
+                      seed=3).generate().train_source == corpus.train_source
