@@ -409,6 +409,36 @@ class MixtureSampler(torch.utils.data.Sampler):
 
 
 # ---------------------------------------------------------------------------------------------- build
+def mixture_from_documents(docs: dict[str, list[str]], sampled: list[bool], d: DictConfig, seq_len: int, cache: Path,
+                           version: str, data_class: type | None = None, tokenizer_domains: list[str] | None = None,
+                           where=lambda name: f"dataset.domains[{name}]", fix: str = "raise its documents", **extra):
+    """The MixtureData (or `data_class`) of documents per domain, in order: each domain split by d.val_fraction,
+    one tokenizer (d.tokenizer) trained on the train documents of `tokenizer_domains` (default: every domain), the tokens
+    cached by content. `where(name)` and `fix` word a split error; `extra` goes to the data class."""
+    split = {}
+    for name, texts in docs.items():
+        try:
+            split[name] = split_documents(texts, float(d.val_fraction))
+        except ConfigError as e:
+            raise ConfigError(f"{where(name)}: {e}; {fix}") from e
+    names = list(docs)
+    union = [t for name in (tokenizer_domains or names) for t in split[name][0]]
+    tokenizer = load_tokenizer(d.tokenizer, union, cache)
+    tok_id = tokenizer_id(tokenizer, d)
+    domain_docs, domain_tokens = {}, {}
+    for name in names:
+        for part, texts in zip(("train", "val"), split[name]):
+            domain_docs[(name, part)] = texts
+            domain_tokens[(name, part)] = _tokens(tokenizer, tok_id, texts, cache)
+    train = np.concatenate([domain_tokens[(n, "train")] for n in names])
+    val = np.concatenate([domain_tokens[(n, "val")] for n in names])
+    key = content_hash(version, [(n, content_hash(*docs[n])) for n in names], d.val_fraction, tok_id)
+    return (data_class or MixtureData)(
+        train, val, tokenizer, len(tokenizer), seq_len, sum(len(split[n][0]) for n in names),
+        sum(len(split[n][1]) for n in names), key, domains=names, sampled=list(sampled), domain_docs=domain_docs,
+        domain_tokens=domain_tokens, cache_dir=str(cache), tok_id=tok_id, **extra)
+
+
 def build_mixture_data(d: DictConfig, seq_len: int, cache_dir: str) -> MixtureData:
     cache = Path(cache_dir).expanduser()
     specs = _domain_specs(d)
@@ -422,28 +452,9 @@ def build_mixture_data(d: DictConfig, seq_len: int, cache_dir: str) -> MixtureDa
                      spec["name"], len(raw) - len(kept))
         seen.update(kept)
         docs[spec["name"]] = kept
-    split = {}
-    for name, texts in docs.items():
-        try:
-            split[name] = split_documents(texts, float(d.val_fraction))
-        except ConfigError as e:
-            raise ConfigError(f"dataset.domains[{name}]: {e}; raise its documents") from e
-    union = [t for name in docs for t in split[name][0]]
-    tokenizer = load_tokenizer(d.tokenizer, union, cache)
-    tok_id = tokenizer_id(tokenizer, d)
-    domain_docs, domain_tokens = {}, {}
-    for name in docs:
-        for s, texts in zip(("train", "val"), split[name]):
-            domain_docs[(name, s)] = texts
-            domain_tokens[(name, s)] = _tokens(tokenizer, tok_id, texts, cache)
     names = [s["name"] for s in specs]
-    train = np.concatenate([domain_tokens[(n, "train")] for n in names])
-    val = np.concatenate([domain_tokens[(n, "val")] for n in names])
-    key = content_hash("mixture-v1", [(n, content_hash(*docs[n])) for n in names], d.val_fraction, tok_id)
-    data = MixtureData(train, val, tokenizer, len(tokenizer), seq_len,
-                       sum(len(split[n][0]) for n in names), sum(len(split[n][1]) for n in names), key,
-                       domains=names, sampled=[bool(s["sample"]) for s in specs], domain_docs=domain_docs,
-                       domain_tokens=domain_tokens, cache_dir=str(cache), tok_id=tok_id)
+    data = mixture_from_documents(docs, [bool(s["sample"]) for s in specs], d, seq_len, cache, "mixture-v1",
+                                  where=lambda name: f"dataset.domains[{name}]", fix="raise its documents")
     for name, spec in zip(names, specs):
         if spec["sample"] and data.n_blocks(name, "train") == 0:
             raise ConfigError(f"dataset.domains[{name}]: its train split is shorter than model.seq_len + 1 tokens; "

@@ -13,15 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from omegaconf import OmegaConf
 
 from methods.data.mdfg_corpus import labelled_lines, web_corpus
 from tasks.base import BuildContext, Task
-from tasks.common import content_hash, load_tokenizer, split_documents, tokenize, tokenizer_id
 from tasks.errors import ConfigError
 from tasks.lm_corpus import check_tokenizer
-from tasks.mixture import MixtureData
+from tasks.mixture import MixtureData, mixture_from_documents
 
 
 @dataclass
@@ -58,28 +56,11 @@ class ZhWebTask(Task):
         clean = [d["text"] for d in web_corpus(4 * int(s.clean_documents), int(s.seed) + 1, probes=False)
                  if d["kind"] == "clean"][: int(s.clean_documents)]
         docs = {"web": list(dict.fromkeys(web)), "clean": [t for t in dict.fromkeys(clean) if t not in set(web)]}
-        split = {}
-        for name, texts in docs.items():
-            try:
-                split[name] = split_documents(texts, float(s.val_fraction))
-            except ConfigError as e:
-                raise ConfigError(f"dataset.documents: {e}; raise the documents") from e
-        tokenizer = load_tokenizer(s.tokenizer, split["web"][0], cache)
-        tok_id = tokenizer_id(tokenizer, s)
-        domain_docs, domain_tokens = {}, {}
-        for name in docs:
-            for part, texts in zip(("train", "val"), split[name]):
-                domain_docs[(name, part)] = texts
-                domain_tokens[(name, part)] = tokenize(tokenizer, texts)
+        data = mixture_from_documents(docs, [True, False], s, ctx.seq_len, cache, "zh-web-v1", data_class=ZhWebData,
+                                      tokenizer_domains=["web"], where=lambda name: "dataset.documents",
+                                      fix="raise the documents",
+                                      labelled=labelled_lines(int(s.labelled), seed=1000 + int(s.seed)))
         names = list(docs)
-        train = np.concatenate([domain_tokens[(n, "train")] for n in names])
-        val = np.concatenate([domain_tokens[(n, "val")] for n in names])
-        key = content_hash("zh-web-v1", [(n, content_hash(*docs[n])) for n in names], s.val_fraction, tok_id)
-        lab = labelled_lines(int(s.labelled), seed=1000 + int(s.seed))
-        data = ZhWebData(train, val, tokenizer, len(tokenizer), ctx.seq_len,
-                         sum(len(split[n][0]) for n in names), sum(len(split[n][1]) for n in names), key,
-                         domains=names, sampled=[True, False], domain_docs=domain_docs, domain_tokens=domain_tokens,
-                         cache_dir=str(cache), tok_id=tok_id, labelled=lab)
         data.accumulate, data.max_steps = int(ctx.accumulate_grad_batches), int(ctx.max_steps)
         for name in names:
             if data.n_blocks(name, "val") == 0 or data.n_blocks(name, "train") == 0:
