@@ -174,6 +174,8 @@ DATASETS: dict[str, list[str]] = {
                               "dataset.generator.sentence_words=50"],
     # generated Chinese web documents with planted labels and one violator per rule (tasks/zh_web.py, MDFG)
     "zh-web": ["dataset=zh-web-synthetic", "dataset.documents=60", "dataset.clean_documents=30", "dataset.labelled=40"],
+    # masked-LM blocks of the default corpus for a BERT (tasks/mlm.py; ERNIE-Gram's explicit n-gram MLM)
+    "masked-tokens": ["dataset=stdlib-docs-mlm", "model=bert-tiny"],
     "words": ["dataset=stdlib-words", "model=etok", "model.n_embd=32", "model.n_layer=2", "model.seq_len=16",
               "dataset.eval.words=64"],
 }

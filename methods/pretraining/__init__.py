@@ -1,0 +1,1 @@
+"""Pre-training objectives of encoders (masked-LM variants): ERNIE-Gram's explicit n-gram masking."""
