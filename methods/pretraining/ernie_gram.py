@@ -116,12 +116,15 @@ class ErnieGram(Method):
         self.gen_weight, self.fine_weight, self.rtd_weight = float(gen_weight), float(fine_weight), float(rtd_weight)
         self.probe = spec
         self.lexicon = None  # NgramLexicon, built by prepare_data
+        self.task_module = None  # the masked-LM task's module class (prepare_data reads it; NgramMLM extends it)
 
     @property
     def module_class(self):
-        from methods.pretraining.ngram_mlm import NgramMLMModule
+        from methods.pretraining.ngram_mlm import with_task_module
 
-        return NgramMLMModule
+        if self.task_module is None:
+            raise RuntimeError("method=ernie_gram: module_class before prepare_data (which reads the task's module)")
+        return with_task_module(self.task_module)
 
     # -- stages ----------------------------------------------------------------------------------
     def prepare_data(self, data: Any) -> Any:
@@ -131,6 +134,7 @@ class ErnieGram(Method):
         if not hasattr(data, "mask_id"):
             raise ValueError(f"dataset: method=ernie_gram needs masked-LM data (dataset=stdlib-docs-mlm), got "
                              f"{type(data).__name__}")
+        self.task_module = type(data).module_class
         exclude = tuple(sorted(set(data.special_ids) | {int(data.mask_id)}))
         self.lexicon = NgramLexicon.build(data.train, data.vocab_size, self.lexicon_size, self.max_n, self.min_count,
                                           exclude)

@@ -37,10 +37,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from methods.pretraining.ngrams import NgramLexicon
-from tasks.mlm import MLMModule, mask_seed
 
 OBJECTIVES = ("explicit", "span", "token")
-SAMPLE_STREAM = "ernie-gram-sample"
+SAMPLE_SALT = 0x5EED_E61E  # the generator samples' noise: a stream apart from the masks' (same step seed)
 
 
 @dataclass
@@ -210,18 +209,19 @@ def small_bert(vocab_size: int, seq_len: int, hidden: int, layers: int, heads: i
         attn_implementation="sdpa"))
 
 
-class NgramMLMModule(MLMModule):
-    """The masked-LM module with ERNIE-Gram's objective as the training loss (the method's `loss` calls
-    `ernie_loss`). The extra parts (n-gram table, generator, RTD head) live here, beside `self.model`, so the
-    model's checkpoint is a plain BertForMaskedLM's (the extra heads are discarded for fine-tuning, as the paper
-    does). Validation is MLMModule's: BERT's token-level masked-LM loss with fixed masks, comparable across
-    objectives and with method=adamw on the same data."""
+class NgramMLM:
+    """ERNIE-Gram's objective as the training loss of the masked-LM task's module (the method's `loss` calls
+    `ernie_loss`): a mixin over that module's class (`with_task_module(data.module_class)`: methods never import
+    tasks), which gives the step's mask seed (`mask_seed_now`) and validation: BERT's token-level masked-LM loss with
+    fixed masks, comparable across objectives and with method=adamw on the same data. The extra parts (n-gram
+    table, generator, RTD head) live here, beside `self.model`, so the model's checkpoint is a plain
+    BertForMaskedLM's (the extra heads are discarded for fine-tuning, as the paper does)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         m = self.method
         if m.lexicon is None:
-            raise RuntimeError("NgramMLMModule: the method has no lexicon (its prepare_data builds it)")
+            raise RuntimeError("NgramMLM: the method has no lexicon (its prepare_data builds it)")
         cfg = self.model.config
         n_grams = len(m.lexicon) if m.objective == "explicit" else 0
         self.ngrams = NgramTable(n_grams, cfg.hidden_size, cfg.initializer_range)
@@ -250,7 +250,7 @@ class NgramMLMModule(MLMModule):
             g_h = encode(self.gen, self.gen_ngrams, nb.input_ids, nb.position_ids, nb.attn)
             g_logits = unit_logits(self.gen, self.gen_ngrams, g_h[masked]).float()
             terms["gen"] = F.cross_entropy(g_logits, nb.coarse_labels[masked])
-            sampler = torch.Generator().manual_seed(mask_seed(seed, 0, SAMPLE_STREAM))
+            sampler = torch.Generator().manual_seed((int(seed) * 1_000_003 + SAMPLE_SALT) % 2 ** 63)
             sample = gumbel_sample(g_logits, sampler, self.special)
             nb.input_ids = nb.input_ids.masked_scatter(masked, sample)
         h = encode(self.model, self.ngrams, nb.input_ids, nb.position_ids, nb.attn)
@@ -268,6 +268,16 @@ class NgramMLMModule(MLMModule):
             for k, v in terms.items():
                 self.log(f"train/{k}_loss", v.detach(), on_step=True, on_epoch=False)
         return total
+
+
+_CLASSES: dict[type, type] = {}
+
+
+def with_task_module(base: type) -> type:
+    """The class NgramMLM + `base` (the masked-LM task's module class), one per base."""
+    if base not in _CLASSES:
+        _CLASSES[base] = type("NgramMLMModule", (NgramMLM, base), {"__module__": __name__})
+    return _CLASSES[base]
 
 
 def mean_pooled(encoder: nn.Module, token_lists: list[list[int]], batch_size: int = 64) -> np.ndarray:

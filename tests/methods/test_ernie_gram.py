@@ -261,7 +261,7 @@ def test_config_errors_are_one_line(kwargs, key):
 
 def test_ernie_loss_trains_every_part():
     """Steps of the full objective (generator, coarse, fine, RTD) on a tiny BERT lower it and move every part."""
-    from methods.pretraining.ngram_mlm import NgramMLMModule
+    from methods.pretraining.ngram_mlm import with_task_module
     from models.bert import Bert
     from tasks.mlm import MaskedTokenData
 
@@ -274,7 +274,8 @@ def test_ernie_loss_trains_every_part():
     assert (5, 6, 7) in m.lexicon.index
     torch.manual_seed(0)
     model = Bert(hidden_size=16, intermediate_size=32, num_layers=2, num_heads=2, dropout=0.0).build(V, 16)
-    module = NgramMLMModule(model, m, data=data, seed=0)
+    assert m.module_class is with_task_module(type(data).module_class)
+    module = m.module_class(model, m, data=data, seed=0)
     rows = data.blocks("train")[:8].long()
     opt = torch.optim.AdamW(module.parameters(), lr=1e-2)
     before = {k: v.detach().clone() for k, v in module.named_parameters()}
