@@ -52,13 +52,13 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from methods.base import Method
+from methods.pretraining.ngrams import OBJECTIVES
 
 if TYPE_CHECKING:
     from torch import nn
 
 log = logging.getLogger(__name__)
 
-OBJECTIVES = ("explicit", "span", "token")
 PROBE_SOURCES = ("stdlib-packages", "keyword-cls", "none")
 PROBE_KEYS = {"source": "stdlib-packages", "min_chars": 40, "max_per_class": 200, "val_fraction": 0.4, "c": 1.0,
               "keyword_n": 1200}

@@ -36,9 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.pretraining.ngrams import NgramLexicon
+from methods.pretraining.ngrams import OBJECTIVES, NgramLexicon
 
-OBJECTIVES = ("explicit", "span", "token")
 SAMPLE_SALT = 0x5EED_E61E  # the generator samples' noise: a stream apart from the masks' (same step seed)
 
 

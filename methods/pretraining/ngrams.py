@@ -22,6 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# The masking objectives over the segmentation's units (methods/pretraining/ngram_mlm.py build_batch).
+OBJECTIVES = ("explicit", "span", "token")
+
 
 def _keys(tokens: np.ndarray, n: int, base: int) -> np.ndarray:
     """The n-grams of `tokens` (length L) as L - n + 1 integers sum_i w_{t+i} base^(n-1-i)."""
@@ -101,7 +104,7 @@ class NgramLexicon:
         if not grams:
             return cls([], np.zeros(0), np.zeros(0, dtype=np.int64), vocab_size)
         c, s = np.concatenate(counts), np.concatenate(stats)
-        # highest t first; ties by (n, ids): lexsort's last key is the primary one
+        # highest t first; ties by (n, ids)
         order = sorted(range(len(grams)), key=lambda i: (-s[i], len(grams[i]), grams[i]))[:size]
         return cls([grams[i] for i in order], s[order], c[order], vocab_size)
 

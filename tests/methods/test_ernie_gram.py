@@ -16,7 +16,6 @@ import torch
 
 from methods.pretraining.ernie_gram import ErnieGram
 from methods.pretraining.ngram_mlm import (
-    NgramBatch,
     NgramTable,
     build_batch,
     encode,
